@@ -1,0 +1,65 @@
+"""`mma_attention`: the public op. Validates, then dispatches to Triton (CUDA) or PyTorch (CPU)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .mask import MMAMask
+from .validation import check_attention_inputs, resolve_scale
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda":
+        from .ops.triton_ops import interpreting
+
+        if not interpreting():
+            raise ValueError(
+                f"backend: 'triton' needs CUDA tensors (got device {device}), or TRITON_INTERPRET=1 "
+                f"set before triton is imported to run the kernels on CPU through the interpreter"
+            )
+    return backend
+
+
+def mma_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MMAMask,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+    backend: str = "auto",
+):
+    """Modality-mutual attention, fused: the mask is computed inside the kernel from `mask`'s ids.
+
+    Args:
+        q: [B, Hq, Lq, D] (the layout of `scaled_dot_product_attention`; views are fine).
+        k, v: [B, Hkv, Lk, D], ``Hq % Hkv == 0`` (GQA/MQA), ``Lq <= Lk``: query row ``r``
+            sits at absolute position ``Lk - Lq + r`` (KV cache, chunked prefill).
+        mask: an `MMAMask` over the ``Lk`` key positions, built once per batch.
+        scale: softmax scale, default ``D ** -0.5``.
+        return_lse: also return the log-sum-exp of the scores, float32 [B, Hq, Lq] (natural
+            log; -inf for padding queries).
+        backend: ``"auto"`` (Triton on CUDA, PyTorch on CPU), ``"triton"`` (CUDA, or CPU
+            under ``TRITON_INTERPRET=1``), ``"torch"`` (any device, chunked, O(chunk * Lk) memory).
+
+    Returns:
+        out [B, Hq, Lq, D] in q's dtype (and lse). Padding queries give 0 and zero gradients.
+        Differentiable with respect to q, k, v (and through lse).
+
+    Precision: fp16/bf16 inputs accumulate in fp32; fp32 inputs use IEEE fp32 dots (no TF32).
+    """
+    check_attention_inputs(q, k, v, mask, scale)
+    scale = resolve_scale(scale, q.shape[-1])
+    if _pick_backend(backend, q.device) == "triton":
+        from .ops.triton_ops import TritonMMAttention as Fn
+    else:
+        from .ops.torch_ops import TorchMMAttention as Fn
+    out, lse = Fn.apply(q, k, v, mask, scale)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,316 @@
+"""Triton kernels of MMA attention: forward, dQ, and dK/dV (FlashAttention-2 style).
+
+The mask is computed inside each tile from the per-token fields of `MMAMask.meta`
+(see `mma_kernels/mask.py`). Every program first reduces its rows' (or keys')
+ranges to a block range to visit and a sub-range of fully allowed tiles; the loop
+is split in three: masked tiles, tiles with no mask arithmetic, masked tiles.
+Scores are kept in base 2: ``qk_scale = scale * log2(e)``.
+
+Field rows of META (per batch row, stride ``smf`` between fields):
+0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _allowed(q_pos, q_doc, q_seg, q_bits, k_pos, k_doc, k_seg, k_mod):
+    """The contract's rule on broadcastable operands (either [M,1]x[1,N] or [1,M]x[N,1]).
+
+    Padding and out-of-range tokens carry doc -2 (queries) / -1 (keys), so never match.
+    """
+    look = (q_seg == k_seg) & (((q_bits >> k_mod) & 1) != 0)
+    return (q_doc == k_doc) & ((k_pos <= q_pos) | look)
+
+
+@triton.jit
+def _load_query_fields(meta_b, smf, pos, ok):
+    doc = tl.load(meta_b + 0 * smf + pos, mask=ok, other=-2)
+    doc = tl.where(doc < 0, -2, doc)
+    seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
+    bits = tl.load(meta_b + 3 * smf + pos, mask=ok, other=0)
+    return doc, seg, bits
+
+
+@triton.jit
+def _load_key_fields(meta_b, smf, pos, ok):
+    doc = tl.load(meta_b + 0 * smf + pos, mask=ok, other=-1)
+    seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
+    mod = tl.load(meta_b + 2 * smf + pos, mask=ok, other=0)
+    return doc, seg, mod
+
+
+@triton.jit
+def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For query rows [row_start, row_start+BLOCK_M): key blocks to visit [n_lo, n_hi) and fully allowed [f_lo, f_hi)."""
+    off = Lk - Lq
+    rows = row_start + tl.arange(0, BLOCK_M)
+    ok = rows < Lq
+    kv_lo = tl.load(meta_b + 4 * smf + off + rows, mask=ok, other=Lk)
+    kv_hi = tl.load(meta_b + 5 * smf + off + rows, mask=ok, other=-1)
+    valid = kv_hi >= 0
+    lo = tl.min(kv_lo, 0)
+    hi = tl.max(kv_hi, 0)
+    any_valid = hi >= 0
+    n_lo = tl.where(any_valid, lo // BLOCK_N, 0)
+    n_hi = tl.where(any_valid, hi // BLOCK_N + 1, 0)
+    # fully allowed: every key of the block is a non-padding key at or before the first row,
+    # and at or after the start of every row's document
+    lo_max = tl.max(tl.where(valid, kv_lo, 0), 0)
+    f_lo = (lo_max + BLOCK_N - 1) // BLOCK_N
+    f_hi = (row_start + off + 1) // BLOCK_N
+    a = tl.minimum(f_lo * BLOCK_N, Lk)
+    b = tl.minimum(f_hi * BLOCK_N, Lk)
+    pads = tl.load(pad_b + b) - tl.load(pad_b + a)
+    full = any_valid & (f_lo < f_hi) & (pads == 0)
+    f_lo = tl.where(full, f_lo, n_hi)
+    f_hi = tl.where(full, f_hi, n_hi)
+    return n_lo, f_lo, f_hi, n_hi
+
+
+@triton.jit
+def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For keys [key_start, key_start+BLOCK_N): query row blocks to visit [m_lo, m_hi) and fully allowed [f_lo, f_hi)."""
+    off = Lk - Lq
+    keys = key_start + tl.arange(0, BLOCK_N)
+    ok = keys < Lk
+    q_lo = tl.load(meta_b + 6 * smf + keys, mask=ok, other=Lk)
+    q_hi = tl.load(meta_b + 7 * smf + keys, mask=ok, other=-1)
+    valid = q_hi >= 0
+    r_lo = tl.maximum(tl.min(q_lo, 0) - off, 0)
+    r_hi = tl.minimum(tl.max(q_hi, 0) - off, Lq - 1)
+    nonempty = r_hi >= r_lo
+    m_lo = tl.where(nonempty, r_lo // BLOCK_M, 0)
+    m_hi = tl.where(nonempty, r_hi // BLOCK_M + 1, 0)
+    # fully allowed: rows at or after the block's last key, and at or before every key's document end
+    first_row = tl.maximum(key_start + BLOCK_N - 1 - off, 0)
+    f_lo = (first_row + BLOCK_M - 1) // BLOCK_M
+    end_row = tl.min(tl.where(valid, q_hi, Lk), 0) - off + 1  # rows < end_row
+    f_hi = tl.where(end_row > 0, end_row, 0) // BLOCK_M
+    kend = tl.minimum(key_start + BLOCK_N, Lk)
+    pads = tl.load(pad_b + kend) - tl.load(pad_b + key_start)
+    full = nonempty & (key_start + BLOCK_N <= Lk) & (pads == 0) & (f_lo < f_hi)
+    f_lo = tl.where(full, tl.minimum(tl.maximum(f_lo, m_lo), m_hi), m_hi)
+    f_hi = tl.where(full, tl.minimum(f_hi, m_hi), m_hi)
+    f_hi = tl.maximum(f_hi, f_lo)
+    return m_lo, f_lo, f_hi, m_hi
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+               q_pos, q_doc, q_seg, q_bits, n_lo, n_hi, Lk, D, qk_scale,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    for n in range(n_lo, n_hi):
+        start = n * BLOCK_N
+        offs_n = tl.arange(0, BLOCK_N)
+        kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+        k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            k_pos = start + offs_n
+            k_doc, k_seg, k_mod = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk)
+            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None],
+                          k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :])
+            qk = tl.where(ok, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+                   smb, smf, spb, Hq, Lq, Lk, D, GROUP, qk_scale, LQ_BUCKET,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // GROUP
+    off = Lk - Lq
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Lq
+    meta_b = META + b.to(tl.int64) * smb
+    pad_b = PADCUM + b.to(tl.int64) * spb
+    q_pos = rows + off
+    q_doc, q_seg, q_bits = _load_query_fields(meta_b, smf, q_pos, row_ok)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N)
+
+    q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
+    tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
+    q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
+                               n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
+                               f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
+                               f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+
+    row_valid = q_doc >= 0
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = tl.where(row_valid[:, None], acc / l_safe[:, None], 0.0)
+    o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + row_start.to(tl.int64) * som
+    tl.store(o_base + tl.arange(0, BLOCK_M)[:, None] * som + offs_d[None, :], out.to(O.dtype.element_ty), mask=tile_ok)
+    lse = tl.where(row_valid, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    tl.store(LSE + pid_bh.to(tl.int64) * Lq + rows, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.jit
+def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+              q_pos, q_doc, q_seg, q_bits, n_lo, n_hi, Lk, D, qk_scale,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    for n in range(n_lo, n_hi):
+        start = n * BLOCK_N
+        offs_n = tl.arange(0, BLOCK_N)
+        kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+        k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
+        v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        p = tl.math.exp2(qk - lse2[:, None])
+        if MASKED:
+            k_pos = start + offs_n
+            k_doc, k_seg, k_mod = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk)
+            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None],
+                          k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :])
+            p = tl.where(ok, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM,
+                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
+                      smb, smf, spb, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, LQ_BUCKET,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // GROUP
+    off = Lk - Lq
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Lq
+    meta_b = META + b.to(tl.int64) * smb
+    pad_b = PADCUM + b.to(tl.int64) * spb
+    q_pos = rows + off
+    q_doc, q_seg, q_bits = _load_query_fields(meta_b, smf, q_pos, row_ok)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N)
+
+    tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
+    ridx = tl.arange(0, BLOCK_M)[:, None]
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm + ridx * sqm + offs_d[None, :],
+                mask=tile_ok, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + row_start.to(tl.int64) * sdm + ridx * sdm + offs_d[None, :],
+                 mask=tile_ok, other=0.0)
+    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
+                   n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
+                   f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
+                   f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+    dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
+    tl.store(dq_base + ridx * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, meta_b, smf,
+                k_pos, k_doc, k_seg, k_mod, m_lo, m_hi, Lq, Lk, D, qk_scale,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    off = Lk - Lq
+    for m in range(m_lo, m_hi):
+        start = m * BLOCK_M
+        offs_m = tl.arange(0, BLOCK_M)
+        rows = start + offs_m
+        row_ok = rows < Lq
+        tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
+        q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
+        do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok, other=0.0)
+        lse2 = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+        pT = tl.math.exp2(qkT - lse2[None, :])
+        if MASKED:
+            q_doc, q_seg, q_bits = _load_query_fields(meta_b, smf, rows + off, row_ok)
+            ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :],
+                          k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None])
+            pT = tl.where(ok, pT, 0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM,
+                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
+                        smb, smf, spb, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, LQ_BUCKET,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hkv
+    hk = pid_bh % Hkv
+    key_start = pid_n * BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k_pos = key_start + offs_n
+    key_ok = k_pos < Lk
+    meta_b = META + b.to(tl.int64) * smb
+    pad_b = PADCUM + b.to(tl.int64) * spb
+    k_doc, k_seg, k_mod = _load_key_fields(meta_b, smf, k_pos, key_ok)
+    m_lo, f_lo, f_hi, m_hi = _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M, BLOCK_N)
+
+    tile_ok = key_ok[:, None] & (offs_d < D)[None, :]
+    k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + key_start.to(tl.int64) * skn
+                + offs_n[:, None] * skn + offs_d[None, :], mask=tile_ok, other=0.0)
+    v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + key_start.to(tl.int64) * svn
+                + offs_n[:, None] * svn + offs_d[None, :], mask=tile_ok, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+        row_base = (b * Hq + h).to(tl.int64) * Lq
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
+                             k_pos, k_doc, k_seg, k_mod, m_lo, f_lo, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
+                             k_pos, k_doc, k_seg, k_mod, f_lo, f_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, False, DOT_PREC)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
+                             k_pos, k_doc, k_seg, k_mod, f_hi, m_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC)
+    out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
+    ptrs = offs_n[:, None] * D + offs_d[None, :]
+    tl.store(DK + out_base + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=tile_ok)
+    tl.store(DV + out_base + ptrs, dv.to(DV.dtype.element_ty), mask=tile_ok)

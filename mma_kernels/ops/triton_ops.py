@@ -1,0 +1,123 @@
+"""Launchers and the autograd Function for the Triton kernels.
+
+On CUDA the block sizes are autotuned per (head dim, GQA group, length bucket, dtype);
+under ``TRITON_INTERPRET=1`` (CPU tensors) one small fixed configuration is used.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from . import triton_kernels as tk
+
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
+INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
+
+
+def _configs(kind: str):
+    if kind == "fwd":
+        shapes = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)]
+    else:
+        shapes = [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles whose register/shared footprint is hopeless for wide heads."""
+    bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 128))
+    keep = [c for c in configs if bd <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    return keep or configs[-1:]
+
+
+_KEY = ["D", "GROUP", "LQ_BUCKET"]
+_tuned = {
+    "fwd": triton.autotune(_configs("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
+    "dq": triton.autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dq_kernel),
+    "dkdv": triton.autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
+}
+_raw = {"fwd": tk.mma_fwd_kernel, "dq": tk.mma_bwd_dq_kernel, "dkdv": tk.mma_bwd_dkdv_kernel}
+
+
+def _launch(kind: str, grid_len: int, grid_heads: int, args, **meta):
+    if interpreting():
+        bm, bn = INTERPRET_BLOCKS[kind]
+        blocks = bm if kind != "dkdv" else bn
+        _raw[kind][(triton.cdiv(grid_len, blocks), grid_heads)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
+    else:
+        key = "BLOCK_M" if kind != "dkdv" else "BLOCK_N"
+        _tuned[kind][lambda m: (triton.cdiv(grid_len, m[key]), grid_heads)](*args, **meta)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _common(q, k):
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    meta = dict(BLOCK_D=max(16, triton.next_power_of_2(D)),
+                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+    return B, Hq, Hkv, Lq, Lk, D, meta
+
+
+def triton_forward(q, k, v, mask, scale):
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k)
+    o = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    args = (q, k, v, o, lse, mask.meta, mask.padcum,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            mask.meta.stride(0), mask.meta.stride(1), mask.padcum.stride(0),
+            Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, int(math.log2(Lq)))
+    _launch("fwd", Lq, B * Hq, args, **meta)
+    return o, lse
+
+
+def triton_backward(q, k, v, o, lse, do, dlse, mask, scale):
+    q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
+    B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k)
+    delta = (do.float() * o.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.float()
+    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse * LOG2E).contiguous()
+    delta = delta.contiguous()
+    dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
+    dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
+    dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+               mask.meta.stride(0), mask.meta.stride(1), mask.padcum.stride(0))
+    bucket = int(math.log2(Lq))
+    _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, delta, mask.meta, mask.padcum, *strides,
+                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, bucket), **meta)
+    _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, delta, mask.meta, mask.padcum, *strides,
+                                  Hq, Hkv, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, bucket), **meta)
+    return dq, dk, dv
+
+
+class TritonMMAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        o, lse = triton_forward(q, k, v, mask, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.mask, ctx.scale = mask, scale
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros_like(o)
+        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale)
+        return dq, dk, dv, None, None

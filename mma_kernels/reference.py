@@ -1,0 +1,71 @@
+"""Dense PyTorch reference of the contract: builds the [B, Lq, Lk] mask and runs plain softmax attention.
+
+O(L^2) memory. For tests and debugging only; `mma_attention` is the op to use.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .mask import MMAMask
+from .policy import policy_bits
+from .validation import SUPPORTED_DTYPES, check_attention_inputs, resolve_scale
+
+
+def mma_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MMAMask,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+):
+    """Same signature and results as `mma_attention`, in dense fp32 math (fp64 for fp64 inputs).
+
+    Differentiable through autograd. Padding query rows give output 0 and lse -inf.
+    """
+    check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES + (torch.float64,))
+    B, Hq, Lq, D = q.shape
+    Hkv = k.shape[1]
+    scale = resolve_scale(scale, D)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    allowed = mask.to_dense(Lq)[:, None]  # [B, 1, Lq, Lk]
+    kf = k.to(cdt).repeat_interleave(Hq // Hkv, dim=1)
+    vf = v.to(cdt).repeat_interleave(Hq // Hkv, dim=1)
+    s = torch.matmul(q.to(cdt), kf.transpose(-1, -2)) * scale
+    s = s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    p = torch.exp(s - lse_safe[..., None])
+    out = torch.matmul(p, vf).to(q.dtype)
+    return (out, lse.float() if cdt == torch.float32 else lse) if return_lse else out
+
+
+def flex_mask_mod(
+    modality_ids: torch.Tensor,
+    segment_ids: Optional[torch.Tensor] = None,
+    document_ids: Optional[torch.Tensor] = None,
+    policy="mma",
+    q_offset: int = 0,
+):
+    """A FlexAttention ``mask_mod`` implementing the contract straight from the raw ids.
+
+    Independent of `MMAMask`'s derived fields, so it serves as a second reference
+    (and as the `flex` benchmark provider). ``q_offset = Lk - Lq`` for short queries.
+    """
+    B, L = modality_ids.shape
+    dev = modality_ids.device
+    mod = modality_ids.long()
+    seg = segment_ids.long() if segment_ids is not None else torch.arange(L, device=dev).expand(B, L)
+    doc = document_ids.long() if document_ids is not None else torch.zeros_like(mod)
+    bits = policy_bits(policy).to(dev)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        i = q_idx + q_offset
+        mi, mj = mod[b, i], mod[b, kv_idx]
+        pair = ((bits[mi.clamp(min=0)] >> mj.clamp(min=0)) & 1) != 0
+        ahead = (seg[b, i] == seg[b, kv_idx]) & pair
+        return (mi >= 0) & (mj >= 0) & (doc[b, i] == doc[b, kv_idx]) & ((kv_idx <= i) | ahead)
+
+    return mask_mod
