@@ -1,0 +1,107 @@
+"""Synthetic multimodal task generated in code: coloured shapes drawn with PIL, questions whose
+answers need the image (colour, shape, position, yes/no about the colour), optionally several
+images per question ("what color is the second shape ?") and several turns per conversation."""
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
+    "purple": (150, 60, 190), "orange": (240, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("left", "right", "top", "bottom")
+ORDINALS = ("first", "second", "third", "fourth")
+SYSTEM_PROMPT = "you are a helpful assistant ."
+WORDS = (
+    list(COLORS) + list(SHAPES) + list(POSITIONS) + list(ORDINALS)
+    + "what color is the shape ? where which kind of in this image yes no is it".split()
+)
+
+
+def draw_shape(color: str, shape: str, position: str, size: int = 32, rng: Optional[random.Random] = None) -> Image.Image:
+    """One shape of `color` on a light-grey noisy background, in the `position` half of the image."""
+    rng = rng or random.Random(0)
+    noise = np.random.default_rng(rng.randrange(2**31)).integers(-12, 13, size=(size, size, 1))
+    bg = np.full((size, size, 3), 200, dtype=np.int16) + noise.astype(np.int16)
+    img = Image.fromarray(bg.clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    r = max(3, int(size * rng.uniform(0.16, 0.22)))
+    lo, hi = r + 1, size - r - 2
+    cx, cy = rng.randint(lo, hi), rng.randint(lo, hi)
+    half = size // 2
+    if position == "left":
+        cx = rng.randint(lo, max(lo, half - r // 2))
+    elif position == "right":
+        cx = rng.randint(min(hi, half + r // 2), hi)
+    elif position == "top":
+        cy = rng.randint(lo, max(lo, half - r // 2))
+    elif position == "bottom":
+        cy = rng.randint(min(hi, half + r // 2), hi)
+    fill = COLORS[color]
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return img
+
+
+def _question(rng: random.Random, objs: List[Tuple[str, str, str]]) -> Tuple[str, str]:
+    """A question about one of the `objs` (color, shape, position) and its one-word answer."""
+    k = rng.randrange(len(objs))
+    color, shape, position = objs[k]
+    which = f"the {ORDINALS[k]} " if len(objs) > 1 else "the "
+    kind = rng.randrange(4)
+    if kind == 0:
+        return f"what color is {which}shape ?", color
+    if kind == 1:
+        return f"what shape is in {which}image ?", shape
+    if kind == 2:
+        return f"where is {which}shape ?", position
+    asked = color if rng.random() < 0.5 else rng.choice([c for c in COLORS if c != color])
+    return f"is {which}shape {asked} ?", "yes" if asked == color else "no"
+
+
+def make_example(rng: random.Random, image_size: int = 32, num_images: int = 1, num_turns: int = 1) -> Dict:
+    """One conversation: ``{"images": [PIL...], "conversation": [{"role", "content"}...]}``.
+
+    The images of a turn come right before its question (``<image>`` placeholders); with several
+    turns each turn brings its own images."""
+    images, conv = [], [{"role": "system", "content": SYSTEM_PROMPT}]
+    for _ in range(num_turns):
+        objs = [(rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(POSITIONS)) for _ in range(num_images)]
+        images += [draw_shape(c, s, p, image_size, rng) for c, s, p in objs]
+        q, a = _question(rng, objs)
+        conv.append({"role": "user", "content": "<image>\n" * num_images + q})
+        conv.append({"role": "assistant", "content": a})
+    return {"images": images, "conversation": conv}
+
+
+class SyntheticShapes:
+    """An endless, seeded stream of examples; `batch(n)` gives ``n`` of them.
+
+    Args:
+        image_size: side of the square images in pixels.
+        max_images: each example has 1..max_images images (chosen at random per example).
+        max_turns: each example has 1..max_turns user/assistant turns.
+        seed: makes the stream reproducible.
+    """
+
+    def __init__(self, image_size: int = 32, max_images: int = 1, max_turns: int = 1, seed: int = 0):
+        self.image_size, self.max_images, self.max_turns = image_size, max_images, max_turns
+        self.rng = random.Random(seed)
+
+    def example(self) -> Dict:
+        return make_example(
+            self.rng, self.image_size, self.rng.randint(1, self.max_images), self.rng.randint(1, self.max_turns)
+        )
+
+    def batch(self, n: int) -> List[Dict]:
+        return [self.example() for _ in range(n)]
