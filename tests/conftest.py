@@ -18,3 +18,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    """Error ratios (kernel error / tolerance bound) are collected here across xdist workers."""
+    import tempfile
+
+    if "MMA_RATIO_DIR" not in os.environ:
+        os.environ["MMA_RATIO_DIR"] = tempfile.mkdtemp(prefix="mma_ratios_")
+
+
+def pytest_terminal_summary(terminalreporter):
+    import glob
+    import json
+
+    worst = {}
+    for path in glob.glob(os.path.join(os.environ.get("MMA_RATIO_DIR", "/nonexistent"), "ratios-*.jsonl")):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                key = (r["dtype"], r["what"])
+                worst[key] = max(worst.get(key, 0.0), r["ratio"])
+    if worst:
+        terminalreporter.section("worst error / tolerance-bound ratio (1.0 = at the bound)")
+        for (dtype, what), ratio in sorted(worst.items()):
+            terminalreporter.write_line(f"{dtype:>9} {what:>4}: {ratio:.3f}")

@@ -14,6 +14,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _mm(a, b, acc, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b (+ acc) in fp32. UPCAST (bf16 under the interpreter, whose bf16 dot is broken) feeds
+    fp32 copies of the operands: bf16 products are exact in fp32, so the result is the same."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PREC)
+
+
+@triton.jit
 def _allowed(q_pos, q_doc, q_seg, q_bits, k_pos, k_doc, k_seg, k_mod):
     """The contract's rule on broadcastable operands (either [M,1]x[1,N] or [1,M]x[N,1]).
 
@@ -100,14 +110,14 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                q_pos, q_doc, q_seg, q_bits, n_lo, n_hi, Lk, D, qk_scale,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     for n in range(n_lo, n_hi):
         start = n * BLOCK_N
         offs_n = tl.arange(0, BLOCK_N)
         kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
         k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
         if MASKED:
             k_pos = start + offs_n
             k_doc, k_seg, k_mod = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk)
@@ -121,7 +131,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        acc = _mm(p.to(v.dtype), v, acc, DOT_PREC, UPCAST)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -130,7 +140,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    smb, smf, spb, Hq, Lq, Lk, D, GROUP, qk_scale, LQ_BUCKET,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -157,11 +167,11 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                               n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+                               n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                               f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC)
+                               f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                               f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+                               f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -176,7 +186,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
               q_pos, q_doc, q_seg, q_bits, n_lo, n_hi, Lk, D, qk_scale,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     for n in range(n_lo, n_hi):
         start = n * BLOCK_N
@@ -184,7 +194,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
         kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
         k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
         v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
         p = tl.math.exp2(qk - lse2[:, None])
         if MASKED:
             k_pos = start + offs_n
@@ -192,9 +202,9 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None],
                           k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :])
             p = tl.where(ok, p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+        dq = _mm(ds.to(k.dtype), k, dq, DOT_PREC, UPCAST)
     return dq
 
 
@@ -202,7 +212,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
 def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
                       smb, smf, spb, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, LQ_BUCKET,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -233,11 +243,11 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM,
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                   n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+                   n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                   f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC)
+                   f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                   f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC)
+                   f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
 
@@ -245,7 +255,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM,
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, meta_b, smf,
                 k_pos, k_doc, k_seg, k_mod, m_lo, m_hi, Lq, Lk, D, qk_scale,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     off = Lk - Lq
     for m in range(m_lo, m_hi):
@@ -258,17 +268,17 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
         do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok, other=0.0)
         lse2 = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
-        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+        qkT = _mm(k, tl.trans(q), None, DOT_PREC, UPCAST) * qk_scale  # [BLOCK_N, BLOCK_M]
         pT = tl.math.exp2(qkT - lse2[None, :])
         if MASKED:
             q_doc, q_seg, q_bits = _load_query_fields(meta_b, smf, rows + off, row_ok)
             ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :],
                           k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None])
             pT = tl.where(ok, pT, 0.0)
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dv = _mm(pT.to(do.dtype), do, dv, DOT_PREC, UPCAST)
+        dpT = _mm(v, tl.trans(do), None, DOT_PREC, UPCAST)
         dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        dk = _mm(dsT.to(q.dtype), q, dk, DOT_PREC, UPCAST)
     return dk, dv
 
 
@@ -276,7 +286,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
 def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
                         smb, smf, spb, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, LQ_BUCKET,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -305,11 +315,11 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM,
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * Hq + h).to(tl.int64) * Lq
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, m_lo, f_lo, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC)
+                             k_pos, k_doc, k_seg, k_mod, m_lo, f_lo, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, f_lo, f_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, False, DOT_PREC)
+                             k_pos, k_doc, k_seg, k_mod, f_lo, f_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, False, DOT_PREC, UPCAST)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, f_hi, m_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC)
+                             k_pos, k_doc, k_seg, k_mod, f_hi, m_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tl.store(DK + out_base + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=tile_ok)

@@ -66,7 +66,8 @@ def _common(q, k):
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     meta = dict(BLOCK_D=max(16, triton.next_power_of_2(D)),
-                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                UPCAST=interpreting() and q.dtype == torch.bfloat16)
     return B, Hq, Hkv, Lq, Lk, D, meta
 
 

@@ -1,0 +1,125 @@
+"""Triton kernels (interpreter on CPU) and the PyTorch path against the float64 reference.
+
+Tolerance: the flash-attn rule (tests/helpers.py: assert_rule), never a loose rtol.
+"""
+import pytest
+import torch
+
+from helpers import LAYOUTS, assert_rule, make_layout, make_qkv, plain_attention
+from mma_kernels import MMAMask, mma_attention
+from mma_kernels.ops import triton_ops
+from mma_kernels.reference import mma_attention_reference
+
+BACKENDS = ["triton", "torch"]
+
+
+def check_case(backend, dtype, B, Hq, Hkv, Lq, Lk, D, layout="multi_turn", policy="mma", seed=0,
+               noncontiguous=False, ids=None):
+    mod, seg, doc = ids if ids is not None else make_layout(layout, B, Lk, seed=seed)
+    mask = MMAMask(mod, seg, doc, policy=policy)
+    q, k, v = make_qkv(B, Hq, Hkv, Lq, Lk, D, dtype, seed=seed + 1, noncontiguous=noncontiguous)
+    scale = D ** -0.5
+    out, lse = mma_attention(q, k, v, mask, return_lse=True, backend=backend)
+    assert out.shape == (B, Hq, Lq, D) and out.dtype == dtype
+    assert lse.shape == (B, Hq, Lq) and lse.dtype == torch.float32
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 2)).to(dtype)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref, ref_lse = mma_attention_reference(q64, k64, v64, mask, return_lse=True)
+    rdq, rdk, rdv = torch.autograd.grad(ref, (q64, k64, v64), g.double())
+
+    qp, kp, vp = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    pout, plse = plain_attention(qp, kp, vp, mask.to_dense(Lq), scale)
+    pdq, pdk, pdv = torch.autograd.grad(pout, (qp, kp, vp), g)
+
+    assert_rule("out", out, ref, pout, dtype)
+    assert_rule("lse", lse, ref_lse, plse, dtype)
+    assert_rule("dq", dq, rdq, pdq, dtype)
+    assert_rule("dk", dk, rdk, pdk, dtype)
+    assert_rule("dv", dv, rdv, pdv, dtype)
+
+    pad_rows = (mod[:, Lk - Lq:] == -1)[:, None].expand(B, Hq, Lq)
+    assert (out[pad_rows] == 0).all() and (dq[pad_rows] == 0).all()
+    assert torch.isneginf(lse[pad_rows]).all() and torch.isfinite(lse[~pad_rows]).all()
+    pad_keys = (mod == -1)[:, None].expand(B, Hkv, Lk)
+    assert (dk[pad_keys] == 0).all() and (dv[pad_keys] == 0).all()
+    for t in (out, dq, dk, dv):
+        assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, D", [(torch.float16, 64), (torch.float16, 80), (torch.float16, 96), (torch.float16, 128),
+                                      (torch.bfloat16, 64), (torch.bfloat16, 80), (torch.bfloat16, 96), (torch.bfloat16, 128),
+                                      (torch.float32, 64), (torch.float32, 96)])
+def test_dtypes_and_head_dims(backend, dtype, D):
+    check_case(backend, dtype, B=2, Hq=4, Hkv=2, Lq=97, Lk=97, D=D)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("Hq, Hkv", [(4, 4), (4, 2), (4, 1)])
+def test_gqa(backend, Hq, Hkv):
+    check_case(backend, torch.bfloat16, B=2, Hq=Hq, Hkv=Hkv, Lq=130, Lk=130, D=64, layout="multi_image")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("Lk, Lq", [(1, 1), (17, 17), (17, 5), (17, 1), (97, 97), (97, 40), (97, 1),
+                                     (130, 130), (130, 63), (257, 257), (257, 100), (257, 1)])
+def test_odd_lengths_and_short_queries(backend, Lk, Lq):
+    check_case(backend, torch.bfloat16, B=2, Hq=2, Hkv=1, Lq=Lq, Lk=Lk, D=64, layout="multi_turn", seed=Lk + Lq)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("policy", ["mma", "causal", "bidirectional_image", "prefix", [(1, 0), (2, 1), (1, 1)]])
+def test_layouts_and_policies(backend, layout, policy):
+    check_case(backend, torch.float16, B=2, Hq=2, Hkv=1, Lq=48, Lk=48, D=64, layout=layout, policy=policy)
+
+
+@pytest.mark.parametrize("layout", ["packed", "left_pad", "multi_turn"])
+@pytest.mark.parametrize("blocks", [(16, 16), (64, 32), (16, 64)])
+def test_uneven_tile_shapes(monkeypatch, layout, blocks):
+    """The range logic must hold for BLOCK_M != BLOCK_N (the GPU uses 128 x 64 forward)."""
+    monkeypatch.setattr(triton_ops, "INTERPRET_BLOCKS", {"fwd": blocks, "dq": blocks, "dkdv": blocks[::-1]})
+    check_case("triton", torch.float16, B=2, Hq=2, Hkv=1, Lq=97, Lk=97, D=64, layout=layout, seed=5)
+    check_case("triton", torch.float16, B=2, Hq=2, Hkv=1, Lq=33, Lk=97, D=64, layout=layout, seed=6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noncontiguous_views(backend):
+    check_case(backend, torch.bfloat16, B=2, Hq=4, Hkv=2, Lq=70, Lk=70, D=64, noncontiguous=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fully_padded_row_and_mid_padding(backend):
+    mod, seg, doc = make_layout("single_image", 3, 40)
+    mod[1] = -1  # a whole row of padding
+    mod[2, 20:23] = -1  # padding inside a document
+    check_case(backend, torch.float16, B=3, Hq=2, Hkv=2, Lq=40, Lk=40, D=64, ids=(mod, seg, doc))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_through_lse(backend):
+    mod, seg, doc = make_layout("left_pad", 2, 50)
+    mask = MMAMask(mod, seg, doc)
+    q, k, v = make_qkv(2, 2, 1, 50, 50, 32, torch.float32, seed=3)
+    out, lse = mma_attention(q, k, v, mask, return_lse=True, backend=backend)
+    w = torch.randn(lse.shape, generator=torch.Generator().manual_seed(4))
+    loss = out.sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * w).sum()
+    grads = torch.autograd.grad(loss, (q, k, v))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref, rlse = mma_attention_reference(q64, k64, v64, mask, return_lse=True)
+    rloss = ref.sum() + (torch.where(torch.isfinite(rlse), rlse, 0.0) * w.double()).sum()
+    rgrads = torch.autograd.grad(rloss, (q64, k64, v64))
+    for got, want in zip(grads, rgrads):
+        assert (got.double() - want).abs().max() < 1e-4
+
+
+def test_custom_scale():
+    mod, seg, doc = make_layout("single_image", 1, 33)
+    mask = MMAMask(mod, seg, doc)
+    q, k, v = make_qkv(1, 2, 2, 33, 33, 32, torch.float32)
+    for backend in BACKENDS:
+        out = mma_attention(q, k, v, mask, scale=0.3, backend=backend)
+        ref = mma_attention_reference(q.double(), k.double(), v.double(), mask, scale=0.3)
+        assert (out.double() - ref).abs().max() < 1e-5
