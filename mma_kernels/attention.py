@@ -57,7 +57,14 @@ def mma_attention(
     """
     check_attention_inputs(q, k, v, mask, scale)
     scale = resolve_scale(scale, q.shape[-1])
-    if _pick_backend(backend, q.device) == "triton":
+    picked = _pick_backend(backend, q.device)
+    if torch.compiler.is_compiling():
+        # under torch.compile: the torch.library op (fake impl + autograd), so no graph break here
+        from .ops.library import mma_attention_op
+
+        out, lse = mma_attention_op(q, k, v, mask, scale, picked)
+        return (out, lse) if return_lse else out
+    if picked == "triton":
         from .ops.triton_ops import TritonMMAttention as Fn
     else:
         from .ops.torch_ops import TorchMMAttention as Fn

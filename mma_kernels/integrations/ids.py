@@ -1,0 +1,169 @@
+"""Per-token MMA ids: derived from token ids, and fitted to a forward pass (padding, KV cache, chunks)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple, Union
+
+import torch
+
+from ..mask import KV_HI, MMAMask
+from ..policy import IMAGE, TEXT
+
+TokenIds = Union[int, Iterable[int]]
+
+
+def _token_set(name: str, value: Optional[TokenIds]) -> Optional[torch.Tensor]:
+    if value is None:
+        return None
+    vals = [value] if isinstance(value, int) and not isinstance(value, bool) else list(value)
+    if not vals or not all(isinstance(x, int) and not isinstance(x, bool) for x in vals):
+        raise TypeError(f"{name}: expected a token id (int) or a collection of ints, got {value!r}")
+    return torch.tensor(vals, dtype=torch.long)
+
+
+def _check_2d_int(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 2:
+        raise TypeError(f"{name}: expected an integer tensor [B, L], got "
+                        f"{type(t).__name__ if not isinstance(t, torch.Tensor) else (t.dtype, tuple(t.shape))}")
+
+
+def mma_ids_from_input_ids(
+    input_ids: torch.Tensor,
+    image_token_id: TokenIds,
+    answer_token_id: Optional[TokenIds] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    turn_token_id: Optional[TokenIds] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(modality_ids, segment_ids), both int64 [B, L], from token ids.
+
+    - modality: 1 (image) where ``input_ids`` is ``image_token_id`` (an int or a collection),
+      0 (text) elsewhere, -1 where ``attention_mask == 0`` (padding).
+    - segments: a new mutual segment starts at every ``answer_token_id`` (e.g. AKI's
+      ``<|assistant|>``), so images see the question of their turn but never the answer; and,
+      if given, at every ``turn_token_id`` (e.g. ``<|user|>``), so each user turn is its own
+      segment even for policies where text looks ahead. Without ``answer_token_id`` the whole
+      row is one segment: only right for prompts that contain no answer.
+    """
+    _check_2d_int("input_ids", input_ids)
+    img = _token_set("image_token_id", image_token_id)
+    if img is None:
+        raise ValueError("image_token_id: required to derive modality ids from input_ids, got None")
+    mod = torch.where(torch.isin(input_ids, img.to(input_ids.device)), IMAGE, TEXT).long()
+    breaks = torch.zeros_like(input_ids, dtype=torch.bool)
+    for name, tok in (("answer_token_id", answer_token_id), ("turn_token_id", turn_token_id)):
+        t = _token_set(name, tok)
+        if t is not None:
+            breaks |= torch.isin(input_ids, t.to(input_ids.device))
+    seg = breaks.long().cumsum(dim=1)
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (as input_ids), "
+                             f"got {tuple(attention_mask.shape)}")
+        mod = torch.where(attention_mask.bool(), mod, -1)
+    return mod, seg
+
+
+def _documents_from_positions(position_ids: torch.Tensor) -> Optional[torch.Tensor]:
+    """Packed rows: a document starts wherever position ids do not increase by one."""
+    first = position_ids[:, :1] - 1
+    starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
+    return starts.long().cumsum(dim=1)
+
+
+def fit_mma_ids(
+    kv_len: int,
+    modality_ids: Optional[torch.Tensor],
+    segment_ids: Optional[torch.Tensor] = None,
+    document_ids: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    position_ids: Optional[torch.Tensor] = None,
+    batch_size: Optional[int] = None,
+    device: Optional[torch.device] = None,
+):
+    """Fit user ids (over the prompt or the whole sequence) to the ``kv_len`` keys of one forward pass.
+
+    - ids longer than ``kv_len`` (chunked prefill: the ids cover the whole prompt, the cache only the
+      chunks so far): cut to ``kv_len``; a mutual segment split by the cut is an error, since its
+      earlier queries could never see the later keys.
+    - ids shorter than ``kv_len`` (``generate`` decoding: the ids cover the prompt): the extra
+      positions are generated text, plain causal (modality 0, one segment each, last document).
+    - no ``modality_ids``: all text (causal), with documents from packed ``position_ids`` when no
+      cache and no padding mask is in play.
+    - ``attention_mask`` (2D, 0 = padding, covering the keys) marks padding as modality -1.
+    Returns (modality_ids, segment_ids, document_ids, split_check) with the first three [B, kv_len].
+    """
+    if modality_ids is None:
+        if batch_size is None:
+            raise ValueError("modality_ids: required (or batch_size to default to all-text)")
+        mod = torch.zeros(batch_size, kv_len, dtype=torch.long, device=device)
+        if (document_ids is None and position_ids is not None and attention_mask is None
+                and position_ids.shape[-1] == kv_len):
+            document_ids = _documents_from_positions(position_ids.expand(batch_size, -1))
+        seg = None
+    else:
+        _check_2d_int("modality_ids", modality_ids)
+        mod, seg = modality_ids.long(), segment_ids
+        if batch_size is not None and mod.shape[0] != batch_size:
+            raise ValueError(f"modality_ids: batch size {mod.shape[0]} differs from the inputs' {batch_size}")
+    for name, t in (("segment_ids", seg), ("document_ids", document_ids)):
+        if t is not None:
+            _check_2d_int(name, t)
+            if t.shape != mod.shape:
+                raise ValueError(f"{name}: expected shape {tuple(mod.shape)} (as modality_ids), got {tuple(t.shape)}")
+    seg = seg.long() if seg is not None else None
+    doc = document_ids.long() if document_ids is not None else None
+    B, L = mod.shape
+    cut = None
+    if L > kv_len:
+        cut = (mod, seg, doc)
+        mod = mod[:, :kv_len]
+        seg = seg[:, :kv_len] if seg is not None else None
+        doc = doc[:, :kv_len] if doc is not None else None
+    elif L < kv_len:
+        n = kv_len - L
+        ar = torch.arange(1, n + 1, device=mod.device).expand(B, n)
+        mod = torch.cat([mod, torch.zeros(B, n, dtype=mod.dtype, device=mod.device)], dim=1)
+        if seg is not None:
+            seg = torch.cat([seg, seg.max(dim=1, keepdim=True).values + ar], dim=1)
+        if doc is not None:
+            doc = torch.cat([doc, doc[:, -1:].expand(B, n)], dim=1)
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != B:
+            raise ValueError(f"attention_mask: expected a 2D [B, L] padding mask, got shape {tuple(attention_mask.shape)}")
+        am = attention_mask[:, -kv_len:] if attention_mask.shape[1] >= kv_len else torch.cat(
+            [attention_mask, attention_mask.new_ones(B, kv_len - attention_mask.shape[1])], dim=1)
+        mod = torch.where(am.to(mod.device).bool(), mod, -1)
+    return mod, seg, doc, cut
+
+
+def build_mma_mask(
+    kv_len: int,
+    modality_ids: Optional[torch.Tensor] = None,
+    segment_ids: Optional[torch.Tensor] = None,
+    document_ids: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+    position_ids: Optional[torch.Tensor] = None,
+    policy="mma",
+    batch_size: Optional[int] = None,
+    device: Optional[torch.device] = None,
+) -> MMAMask:
+    """The `MMAMask` for one forward pass over ``kv_len`` keys (see `fit_mma_ids`). Build it once
+    outside a compiled region and pass it as ``mma_mask=`` to a patched model for graph-break-free
+    ``torch.compile``."""
+    mod, seg, doc, cut = fit_mma_ids(kv_len, modality_ids, segment_ids, document_ids, attention_mask,
+                                     position_ids, batch_size, device)
+    if device is not None:
+        mod = mod.to(device)
+        seg = seg.to(device) if seg is not None else None
+        doc = doc.to(device) if doc is not None else None
+    if cut is not None:
+        full = MMAMask(cut[0], cut[1], cut[2], policy=policy)
+        hi = full.meta[:, KV_HI, :kv_len]
+        bad = (hi >= kv_len).nonzero()
+        if bad.numel():
+            b, i = int(bad[0, 0]), int(bad[0, 1])
+            raise ValueError(
+                f"chunked prefill: the chunk ends at position {kv_len}, inside a mutual segment "
+                f"(batch row {b}: the token at position {i} may see keys up to position {int(hi[b, i])}); "
+                f"split chunks at segment boundaries (e.g. a larger prefill_chunk_size)"
+            )
+    return MMAMask(mod, seg, doc, policy=policy)
