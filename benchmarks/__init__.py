@@ -1,0 +1,1 @@
+"""Benchmarks of modality-mutual attention against FlexAttention, SDPA and eager (``python -m benchmarks``)."""
