@@ -86,8 +86,10 @@ def fit_mma_ids(
       earlier queries could never see the later keys.
     - ids shorter than ``kv_len`` (``generate`` decoding: the ids cover the prompt): the extra
       positions are generated text, plain causal (modality 0, one segment each, last document).
-    - no ``modality_ids``: all text (causal), with documents from packed ``position_ids`` when no
-      cache and no padding mask is in play.
+    - no ``modality_ids``: all text (causal).
+    - no ``document_ids``: documents from packed ``position_ids`` (a new one wherever the positions do
+      not go up by one), when no cache and no padding mask is in play, as transformers does for
+      flash attention.
     - ``attention_mask`` (2D, 0 = padding, covering the keys) marks padding as modality -1.
     Returns (modality_ids, segment_ids, document_ids, split_check) with the first three [B, kv_len].
     """
@@ -95,9 +97,6 @@ def fit_mma_ids(
         if batch_size is None:
             raise ValueError("modality_ids: required (or batch_size to default to all-text)")
         mod = torch.zeros(batch_size, kv_len, dtype=torch.long, device=device)
-        if (document_ids is None and position_ids is not None and attention_mask is None
-                and position_ids.shape[-1] == kv_len):
-            document_ids = _documents_from_positions(position_ids.expand(batch_size, -1))
         seg = None
     else:
         _check_2d_int("modality_ids", modality_ids)
@@ -109,9 +108,13 @@ def fit_mma_ids(
             _check_2d_int(name, t)
             if t.shape != mod.shape:
                 raise ValueError(f"{name}: expected shape {tuple(mod.shape)} (as modality_ids), got {tuple(t.shape)}")
+    B, L = mod.shape
+    if (document_ids is None and position_ids is not None and attention_mask is None and position_ids.dim() == 2
+            and L == kv_len and position_ids.shape[-1] == kv_len):
+        # packed rows (e.g. transformers' DataCollatorWithFlattening): documents restart with the positions
+        document_ids = _documents_from_positions(position_ids.expand(B, -1).to(mod.device))
     seg = seg.long() if seg is not None else None
     doc = document_ids.long() if document_ids is not None else None
-    B, L = mod.shape
     cut = None
     if L > kv_len:
         cut = (mod, seg, doc)
