@@ -1,0 +1,116 @@
+"""AKI processor/tokenizer, synthetic data, and the train / generate commands (tiny, CPU)."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+pytest.importorskip("tqdm")
+
+from aki_model import AKIConfig, AKIModel, AKIProcessor, build_tokenizer  # noqa: E402
+from aki_model.data import COLORS, SyntheticShapes, draw_shape, make_example  # noqa: E402
+from aki_model.tokenizer import SPECIAL_IDS, check_special_ids  # noqa: E402
+
+
+def test_tokenizer_is_built_in_code_and_knows_the_chat_tokens(tmp_path):
+    tok = build_tokenizer()
+    check_special_ids(tok)
+    ids = tok.encode("<|user|>\n<image>\nWhat color is the shape?<|end|>\n", add_special_tokens=False)
+    assert ids[:4] == [SPECIAL_IDS["<|user|>"], SPECIAL_IDS["\n"], SPECIAL_IDS["<image>"], SPECIAL_IDS["\n"]]
+    assert SPECIAL_IDS["<unk>"] not in ids
+    assert tok.decode(ids, skip_special_tokens=True).strip() == "what color is the shape?"
+    tok.save_pretrained(str(tmp_path))
+    from transformers import PreTrainedTokenizerFast
+
+    again = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    assert again.encode("red circle <image>", add_special_tokens=False) == tok.encode("red circle <image>", add_special_tokens=False)
+
+
+def test_processor_prompt_format_and_labels():
+    p = AKIProcessor(image_size=32)
+    conv = [{"role": "system", "content": "you are a helpful assistant ."},
+            {"role": "user", "content": "<image>\nwhat color is the shape ?"},
+            {"role": "assistant", "content": "red"}]
+    img = draw_shape("red", "circle", "left", 32)
+    b = p(conv, [img])
+    ids, lab = b["input_ids"][0].tolist(), b["labels"][0].tolist()
+    t = p.tokenizer
+    want = t.encode("<|system|>\nyou are a helpful assistant .<|end|>\n<|user|>\n<image>\nwhat color is the shape ?"
+                    "<|end|>\n<|assistant|>\nred<|end|>\n", add_special_tokens=False)
+    assert ids == want
+    labelled = [i for i, l in zip(ids, lab) if l != -100]
+    assert labelled == [t.convert_tokens_to_ids("red"), SPECIAL_IDS["<|end|>"]]  # answer + its <|end|> only
+    assert b["pixel_values"].shape == (1, 1, 3, 32, 32)
+    assert b["pixel_values"].min() >= -1 and b["pixel_values"].max() <= 1
+    # generation prompt ends with <|assistant|>\n, left padding puts pads first
+    g = p([conv[:-1], conv[1:2]], [[img], [img]], add_generation_prompt=True, padding_side="left")
+    assert g["input_ids"][0, -2:].tolist() == [SPECIAL_IDS["<|assistant|>"], SPECIAL_IDS["\n"]]
+    assert g["attention_mask"][1, 0] == 0 and g["attention_mask"][:, -1].all()
+    with pytest.raises(ValueError, match="placeholders"):
+        p(conv, [img, img])
+
+
+def test_synthetic_data_needs_the_image():
+    rng = random.Random(0)
+    ex = make_example(rng, 32, num_images=2, num_turns=2)
+    assert len(ex["images"]) == 4
+    users = [t["content"] for t in ex["conversation"] if t["role"] == "user"]
+    assert all(u.count("<image>") == 2 for u in users)
+    # the colour of the drawn shape is the dominant non-background colour
+    img = torch.from_numpy(np.asarray(draw_shape("blue", "square", "right", 32), dtype=np.float32).reshape(-1, 3))
+    far = img[(img - 200).abs().max(1).values > 40]
+    assert far.numel() and (far.mean(0) - torch.tensor(COLORS["blue"], dtype=torch.float)).abs().max() < 30
+
+
+def test_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    cfg = AKIConfig.tiny(vocab_size=256, freeze_vision_encoder=False)
+    model = AKIModel(cfg).train()
+    p = AKIProcessor(image_size=32)
+    data = SyntheticShapes(32, max_images=2, max_turns=2, seed=0)
+    exs = data.batch(16)
+    b = p([e["conversation"] for e in exs], [e["images"] for e in exs])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = model(**b).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+    grads = [n for n, q in model.named_parameters() if q.grad is not None and q.grad.abs().sum() > 0]
+    assert any(n.startswith("vision_encoder.") for n in grads) and any(n.startswith("vision_tokenizer.") for n in grads)
+
+
+def test_frozen_vision_encoder_gets_no_gradient():
+    model = AKIModel(AKIConfig.tiny(vocab_size=256))
+    p = AKIProcessor(image_size=32)
+    ex = make_example(random.Random(1), 32)
+    model(**p(ex["conversation"], ex["images"])).loss.backward()
+    assert all(q.grad is None for q in model.vision_encoder.parameters())
+    assert model.vision_tokenizer.latents.grad is not None
+
+
+def test_train_and_generate_commands(tmp_path, capsys):
+    from aki_model import generate as gen_cli
+    from aki_model import train as train_cli
+
+    out = tmp_path / "ckpt"
+    summary = train_cli.main(["--steps", "3", "--batch-size", "4", "--config", "tiny", "--out", str(out),
+                              "--eval-examples", "4", "--no-progress", "--log-every", "1"])
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    log = (out / "loss_log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,lr,seconds" and len(log) == 4
+    assert summary["eval"]["examples"] == 4
+    img = tmp_path / "shape.png"
+    draw_shape("green", "triangle", "top", 32).save(img)
+    args = ["--checkpoint", str(out), "--image", str(img), "--question", "what color is the shape ?",
+            "--max-new-tokens", "3"]
+    a1 = gen_cli.main(args)
+    a2 = gen_cli.main(args)
+    assert a1 == a2 and isinstance(a1, str)
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--attention", "full"])
