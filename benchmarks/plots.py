@@ -52,11 +52,17 @@ def make_plots(records: List[Dict], out_dir: str) -> List[str]:
             oom = [r for r in pts if r["status"] == "oom"]
             if oom:
                 ax_t.plot([r["seqlen"] for r in oom], [ok[-1]["median_ms"]] * len(oom), "x", color=color, ms=9)
-        ax_t.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="median time (ms)")
-        ax_m.set(xscale="log", xlabel="sequence length", ylabel="peak memory (MiB)")
+        lens = sorted({r["seqlen"] for r in recs})
+        for ax in (ax_t, ax_m):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(lens, [f"{n // 1024}K" if n >= 1024 else str(n) for n in lens])
+            ax.minorticks_off()
+        ax_t.set(yscale="log", xlabel="sequence length", ylabel="median time (ms)")
+        ax_m.set(xlabel="sequence length", ylabel="peak memory (MiB)")
         if not ax_m.lines:
             ax_m.text(0.5, 0.5, "peak memory is measured on CUDA only", ha="center", va="center",
                       transform=ax_m.transAxes)
+            ax_m.set_yticks([])
         else:
             ax_m.set_yscale("log")
         ax_t.legend(fontsize=8)

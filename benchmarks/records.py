@@ -57,7 +57,8 @@ def environment(device: torch.device) -> Dict[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+        name = (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                f"{torch.get_num_threads()} torch threads)")
     return {
         "device": name,
         "torch": torch.__version__,

@@ -56,6 +56,11 @@ def _pick_headline(kernel: List[Dict]) -> Optional[Dict]:
                 if any(all(r.get(k) == v for k, v in sel.items()) and r["provider"] == "mma" and r["status"] == "ok"
                        for r in kernel):
                     return sel
+    # no preferred configuration (e.g. a CPU run): the first one where mma ran
+    for mode in HEADLINE["mode"]:
+        for r in kernel:
+            if r["provider"] == "mma" and r["status"] == "ok" and r["mode"] == mode:
+                return {k: r[k] for k in ("mode", "heads_q", "heads_kv", "head_dim", "dtype", "layout")}
     return None
 
 
