@@ -34,10 +34,9 @@ def _heads(s: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    p.add_argument("--suite", choices=["kernel", "e2e", "all"], default="all")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="quick (default) or full")
+    p.add_argument("--suite", choices=["kernel", "e2e", "all"], default="all", help="default: all")
     p.add_argument("--mode", type=_csv_list, help="kernel modes, comma list of fwd,bwd,fwd_bwd (default: preset's)")
     p.add_argument("--seqlens", type=lambda s: [parse_len(x) for x in _csv_list(s)],
                    help="kernel sequence lengths, e.g. 1K,4K,16K (default: preset's)")
@@ -48,16 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", type=_csv_list, help="bf16,fp16,fp32")
     p.add_argument("--layouts", type=_csv_list, help="aki,many_short")
     p.add_argument("--tokens", type=lambda s: parse_len(s), help="tokens per batch (batch = tokens // seqlen)")
-    p.add_argument("--providers", type=_csv_list, default=DEFAULT_ORDER)
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--providers", type=_csv_list, default=DEFAULT_ORDER, help=f"default: {','.join(DEFAULT_ORDER)}")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="default: cuda if available")
     p.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
-    p.add_argument("--output", default="bench_out", help="folder for results.jsonl, results.csv, plots/")
+    p.add_argument("--output", default="bench_out", help="folder for results.jsonl, results.csv, plots/ (default: bench_out)")
     p.add_argument("--save-results", action="store_true",
                    help="write into benchmarks/results/<device>/<date>/ (to commit a GPU run) instead of --output")
     p.add_argument("--resume", action="store_true", help="keep the output file and skip cases already in it")
+    p.add_argument("--max-minutes", type=float,
+                   help="start no new case after this many minutes (finish later with --resume)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--rep-ms", type=int, default=100, help="do_bench `rep` (CUDA) / minimum timing window (CPU)")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench `rep` in ms (CUDA) / minimum timing window (CPU); default 100")
     return p
 
 
@@ -135,8 +136,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError:  # progress bar is optional
         tqdm = None
     bar = tqdm(total=len(work), disable=args.no_progress, dynamic_ncols=True) if tqdm else None
-    n_written, problems = 0, []
+    n_written, problems, stopped = 0, [], 0
     for suite, case in work:
+        if args.max_minutes and time.time() - t_start > 60 * args.max_minutes:
+            stopped += 1
+            continue
         label = f"{suite}: " + (case.describe() if suite == "kernel" else f"L={case.seqlen} layers={case.layers}")
         if bar:
             bar.set_description(label)
@@ -170,6 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     print(f"\n{n_written} records ({json.dumps(counts)}) -> {jsonl}, results.csv, {len(plots)} plots "
           f"in {time.time() - t_start:.0f} s")
+    if stopped:
+        print(f"--max-minutes reached: {stopped} cases not run; run the same command with --resume to finish.")
     if dev.type != "cuda":
         print("Kernel timings need a CUDA GPU: these CPU numbers only show the suite works.")
     if problems:
