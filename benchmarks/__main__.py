@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=lambda s: parse_len(s), help="tokens per batch (batch = tokens // seqlen)")
     p.add_argument("--providers", type=_csv_list, default=DEFAULT_ORDER, help=f"default: {','.join(DEFAULT_ORDER)}")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="default: cuda if available")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (CPU runs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default on CPU: 1)")
     p.add_argument("--output", default="bench_out", help="folder for results.jsonl, results.csv, plots/ (default: bench_out)")
     p.add_argument("--save-results", action="store_true",
                    help="write into benchmarks/results/<device>/<date>/ (to commit a GPU run) instead of --output")
@@ -82,8 +82,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     dev = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                        else "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or dev.type == "cpu":
+        # CPU default: 1 thread. These small sizes gain little from threads, and a shared machine's
+        # oversubscribed threads make timings slow and erratic (3x on a busy 2-core box).
+        torch.set_num_threads(args.threads or 1)
     unknown = [p for p in args.providers if p not in PROVIDERS]
     if unknown:
         raise SystemExit(f"--providers: unknown {unknown}; choose from {list(PROVIDERS)}")
