@@ -12,8 +12,10 @@ SEG        segment run index, unique over the row, -1 for padding
 KMOD       modality id (padding -> 0)
 QBITS      look-ahead bitmask of the token as a query (policy bits[modality])
 KV_LO      as query: first key it may see (its document's start); BIG if pad
-KV_HI      as query: last key it may see (segment end if it looks ahead); -1
-Q_LO       as key: first query that may see it; BIG if pad
+KV_HI      as query: last key it may see (own position, or the last key of its
+           segment of a modality it may look ahead at); -1 if pad
+Q_LO       as key: first query that may see it (own position, or the first
+           query of its segment allowed to look ahead at its modality); BIG if pad
 Q_HI       as key: last query that may see it (its document's end); -1 if pad
 =========  ==================================================================
 
@@ -111,8 +113,19 @@ class MMAMask:
         vpos_hi = torch.where(valid, pos, -1)
         doc_lo = _per_run(doc_run, vpos_lo, "amin", big)
         doc_hi = _per_run(doc_run, vpos_hi, "amax", -1)
-        seg_hi = _per_run(seg_run, vpos_hi, "amax", -1)
-        first_looker = _per_run(seg_run, torch.where(qbits != 0, vpos_lo, big), "amin", big)
+        # look-ahead bounds, per key modality present (one small host sync for the list):
+        # a query looks up to the last key of its segment whose modality it may see; a key is
+        # looked at from the first query of its segment that may see its modality.
+        look_hi = torch.full_like(pos, -1)
+        look_lo = torch.full_like(pos, big)
+        if bool((qbits != 0).any()):
+            for k in torch.unique(mod[valid]).tolist():
+                is_k = valid & (mod == k)
+                sees_k = ((qbits >> k) & 1) != 0
+                last_k = _per_run(seg_run, torch.where(is_k, pos, -1), "amax", -1)
+                look_hi = torch.where(sees_k, torch.maximum(look_hi, last_k), look_hi)
+                first_k = _per_run(seg_run, torch.where(sees_k, vpos_lo, big), "amin", big)
+                look_lo = torch.where(is_k, torch.minimum(look_lo, first_k), look_lo)
 
         meta = torch.stack(
             [
@@ -121,8 +134,8 @@ class MMAMask:
                 mod.clamp(min=0),
                 qbits,
                 torch.where(valid, doc_lo, big),
-                torch.where(valid, torch.where(qbits != 0, seg_hi, pos), -1),
-                torch.where(valid, torch.minimum(pos, first_looker), big),
+                torch.where(valid, torch.maximum(pos, look_hi), -1),
+                torch.where(valid, torch.minimum(pos, look_lo), big),
                 torch.where(valid, doc_hi, -1),
             ],
             dim=1,

@@ -142,8 +142,7 @@ def plain_attention(q, k, v, allowed, scale):
     return torch.matmul(p.to(v.dtype), v), lse
 
 
-FACTOR = {"out": 2.0, "lse": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0}
-ATOL = {torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+FACTOR = {"out": 2.0, "lse": 2.0, "dq": 2.0, "dk": 2.0, "dv": 2.0}
 
 
 def _record(dtype, what, ratio):
@@ -155,16 +154,24 @@ def _record(dtype, what, ratio):
         f.write(json.dumps({"dtype": str(dtype).replace("torch.", ""), "what": what, "ratio": ratio}) + "\n")
 
 
-def assert_rule(what: str, got, ref64, plain, dtype, mask_rows=None):
-    """flash-attn rule: |got - ref64| <= FACTOR * |plain - ref64| + ATOL (max over finite entries)."""
+def assert_rule(what: str, got, ref64, plain, dtype):
+    """The flash-attn rule, as in FlashAttention-3's tests:
+    |got - ref64| <= FACTOR * |plain - ref64| + |round_to_dtype(ref64) - ref64| (+1e-6),
+    maxima over finite entries. The last term is the error of merely storing the exact
+    result in `dtype` (lse is returned in fp32, so its term uses fp32)."""
     got, plain = got.double(), plain.double()
     fin = torch.isfinite(ref64)
     assert torch.equal(torch.isfinite(got), fin), f"{what}: non-finite entries differ from the reference"
-    err = (got - ref64)[fin].abs().max().item() if fin.any() else 0.0
-    perr = (plain - ref64)[fin].abs().max().item() if fin.any() else 0.0
-    bound = FACTOR[what] * perr + ATOL[dtype]
-    _record(dtype, what, err / bound if bound > 0 else 0.0)
-    assert err <= bound, f"{what}: max error {err:.3e} > {FACTOR[what]} x plain-PyTorch error {perr:.3e} + {ATOL[dtype]:.0e}"
+    if not fin.any():
+        return
+    store = torch.float32 if what == "lse" else dtype
+    err = (got - ref64)[fin].abs().max().item()
+    perr = (plain - ref64)[fin].abs().max().item()
+    rounding = (ref64[fin].to(store).double() - ref64[fin]).abs().max().item()
+    bound = FACTOR[what] * perr + rounding + 1e-6
+    _record(dtype, what, err / bound)
+    assert err <= bound, (f"{what}: max error {err:.3e} > {FACTOR[what]} x plain-PyTorch error {perr:.3e} "
+                          f"+ {rounding:.1e} (rounding of the exact result to {store})")
 
 
 def make_qkv(B, Hq, Hkv, Lq, Lk, D, dtype, seed=0, noncontiguous=False):

@@ -24,6 +24,18 @@ def _mm(a, b, acc, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """x.to(dtype). Under UPCAST (bf16 in the interpreter, which truncates fp32 -> bf16) round to
+    nearest even by hand, as the GPU's cvt.rn does, and keep the (exactly bf16) value in fp32."""
+    if UPCAST:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + ((bits >> 16) & 1) + 0x7FFF) >> 16) << 16
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
 def _allowed(q_pos, q_doc, q_seg, q_bits, k_pos, k_doc, k_seg, k_mod):
     """The contract's rule on broadcastable operands (either [M,1]x[1,N] or [1,M]x[N,1]).
 
@@ -131,7 +143,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
         acc = acc * alpha[:, None]
-        acc = _mm(p.to(v.dtype), v, acc, DOT_PREC, UPCAST)
+        acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -177,7 +189,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = tl.where(row_valid[:, None], acc / l_safe[:, None], 0.0)
     o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + row_start.to(tl.int64) * som
-    tl.store(o_base + tl.arange(0, BLOCK_M)[:, None] * som + offs_d[None, :], out.to(O.dtype.element_ty), mask=tile_ok)
+    tl.store(o_base + tl.arange(0, BLOCK_M)[:, None] * som + offs_d[None, :], _cast(out, O.dtype.element_ty, UPCAST), mask=tile_ok)
     lse = tl.where(row_valid, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
     tl.store(LSE + pid_bh.to(tl.int64) * Lq + rows, lse, mask=row_ok)
 
@@ -204,7 +216,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
             p = tl.where(ok, p, 0.0)
         dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
         ds = p * (dp - delta[:, None])
-        dq = _mm(ds.to(k.dtype), k, dq, DOT_PREC, UPCAST)
+        dq = _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
     return dq
 
 
@@ -249,7 +261,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM,
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
                    f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
-    tl.store(dq_base + ridx * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
+    tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)
 
 
 @triton.jit
@@ -275,10 +287,10 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
             ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :],
                           k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None])
             pT = tl.where(ok, pT, 0.0)
-        dv = _mm(pT.to(do.dtype), do, dv, DOT_PREC, UPCAST)
+        dv = _mm(_cast(pT, do.dtype, UPCAST), do, dv, DOT_PREC, UPCAST)
         dpT = _mm(v, tl.trans(do), None, DOT_PREC, UPCAST)
         dsT = pT * (dpT - delta[None, :])
-        dk = _mm(dsT.to(q.dtype), q, dk, DOT_PREC, UPCAST)
+        dk = _mm(_cast(dsT, q.dtype, UPCAST), q, dk, DOT_PREC, UPCAST)
     return dk, dv
 
 
@@ -322,5 +334,5 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM,
                              k_pos, k_doc, k_seg, k_mod, f_hi, m_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
-    tl.store(DK + out_base + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=tile_ok)
-    tl.store(DV + out_base + ptrs, dv.to(DV.dtype.element_ty), mask=tile_ok)
+    tl.store(DK + out_base + ptrs, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=tile_ok)
+    tl.store(DV + out_base + ptrs, _cast(dv, DV.dtype.element_ty, UPCAST), mask=tile_ok)
