@@ -30,7 +30,7 @@ def draw_shape(color: str, shape: str, position: str, size: int = 32, rng: Optio
     bg = np.full((size, size, 3), 200, dtype=np.int16) + noise.astype(np.int16)
     img = Image.fromarray(bg.clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
-    r = max(3, int(size * rng.uniform(0.16, 0.22)))
+    r = max(3, int(size * rng.uniform(0.24, 0.3)))
     lo, hi = r + 1, size - r - 2
     cx, cy = rng.randint(lo, hi), rng.randint(lo, hi)
     half = size // 2

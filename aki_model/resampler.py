@@ -58,7 +58,7 @@ class PerceiverResampler(nn.Module):
                  heads: int = 16, num_latents: int = 144, ff_mult: int = 4):
         super().__init__()
         self.num_latents = num_latents
-        self.latents = nn.Parameter(torch.randn(num_latents, dim))
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)  # small: visual tokens start image-driven
         self.layers = nn.ModuleList(
             nn.ModuleList([PerceiverAttention(dim, dim_head, heads), feed_forward(dim, ff_mult)]) for _ in range(depth)
         )

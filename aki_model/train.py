@@ -27,7 +27,8 @@ def small_config(attention: str = "mma", vocab_size: int = 256, **overrides) -> 
     """The default training model: ~1M parameters, 32 px images, 16 visual tokens, a 3-layer Phi-3."""
     base = AKIConfig.tiny(vocab_size=vocab_size)
     cfg = base.to_dict()
-    cfg["vision_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    cfg["vision_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                patch_size=16)
     cfg["text_config"].update(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                               num_key_value_heads=2)
     cfg.update(num_image_tokens=16, resampler_depth=1, resampler_heads=4, resampler_dim_head=16,
@@ -42,9 +43,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default="checkpoints/aki-synthetic", help="checkpoint directory")
     p.add_argument("--attention", choices=["mma", "causal"], default="mma",
                    help="mma: image tokens see their question (AKI); causal: the ablation")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=30, help="linear warm-up steps, then cosine decay")
     p.add_argument("--max-images", type=int, default=1, help="images per question: 1..N")
