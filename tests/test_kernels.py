@@ -51,7 +51,8 @@ def check_case(backend, dtype, B, Hq, Hkv, Lq, Lk, D, layout="multi_turn", polic
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype, D", [(torch.float16, 64), (torch.float16, 80), (torch.float16, 96), (torch.float16, 128),
                                       (torch.bfloat16, 64), (torch.bfloat16, 80), (torch.bfloat16, 96), (torch.bfloat16, 128),
-                                      (torch.float32, 64), (torch.float32, 96)])
+                                      (torch.float32, 64), (torch.float32, 96),
+                                      (torch.bfloat16, 16), (torch.float16, 256)])
 def test_dtypes_and_head_dims(backend, dtype, D):
     check_case(backend, dtype, B=2, Hq=4, Hkv=2, Lq=97, Lk=97, D=D)
 

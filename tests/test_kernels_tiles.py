@@ -16,6 +16,14 @@ from mma_kernels.ops.triton_kernels import _key_block_ranges, _query_block_range
 
 
 @triton.jit
+def _store4(ptr, a, b, c, d):
+    tl.store(ptr + 0, a)
+    tl.store(ptr + 1, b)
+    tl.store(ptr + 2, c)
+    tl.store(ptr + 3, d)
+
+
+@triton.jit
 def _ranges_kernel(META, PADCUM, OUT_Q, OUT_K, smb, smf, spb, Lq, Lk, NQB, NKB,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     i = tl.program_id(0)
@@ -24,18 +32,10 @@ def _ranges_kernel(META, PADCUM, OUT_Q, OUT_K, smb, smf, spb, Lq, Lk, NQB, NKB,
     pad_b = PADCUM + b * spb
     if i < NQB:
         a0, a1, a2, a3 = _key_block_ranges(meta_b, smf, pad_b, i * BLOCK_M, Lq, Lk, BLOCK_M, BLOCK_N)
-        base = OUT_Q + (b * NQB + i) * 4
-        tl.store(base + 0, a0)
-        tl.store(base + 1, a1)
-        tl.store(base + 2, a2)
-        tl.store(base + 3, a3)
+        _store4(OUT_Q + (b * NQB + i) * 4, a0, a1, a2, a3)
     if i < NKB:
         c0, c1, c2, c3 = _query_block_ranges(meta_b, smf, pad_b, i * BLOCK_N, Lq, Lk, BLOCK_M, BLOCK_N)
-        base = OUT_K + (b * NKB + i) * 4
-        tl.store(base + 0, c0)
-        tl.store(base + 1, c1)
-        tl.store(base + 2, c2)
-        tl.store(base + 3, c3)
+        _store4(OUT_K + (b * NKB + i) * 4, c0, c1, c2, c3)
 
 
 def ranges(mask, Lq, BM, BN):
