@@ -2,7 +2,7 @@
 
 Forward keeps only the output and the log-sum-exp; backward recomputes scores one query
 chunk at a time, FlashAttention-style. Peak extra memory is one chunk of scores,
-about ``B * Hq * chunk * Lk * 4`` bytes (the chunk is sized to keep that near 64 MiB),
+about ``B * Hq * chunk * Lk * 4`` bytes per temporary (the chunk is sized to keep that near 16 MiB),
 never the full [Lq, Lk] matrix. Each chunk only visits the keys its queries can see.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from ..mask import KV_HI, KV_LO, MMAMask
 
-_CHUNK_ELEMS = 1 << 24
+_CHUNK_ELEMS = 1 << 22
 
 
 def _chunks(mask: MMAMask, B: int, Hq: int, Lq: int, Lk: int):
