@@ -37,13 +37,28 @@ class MMAMaskSpec:
         return f"MMAMaskSpec(batch={self.batch_size}, q={self.q_length}, kv={self.kv_length})"
 
 
+def _as_int(x):
+    """A 1-element tensor offset (a StaticCache's, to avoid graph breaks) as an int, unless tracing."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and not torch.compiler.is_compiling():
+        return int(x.reshape(()))
+    return x
+
+
 def mma_mask_interface(batch_size, q_length=None, kv_length=None, q_offset=None, kv_offset=0,
                        attention_mask=None, cache_position=None, **kwargs):
-    """`AttentionMaskInterface` entry for ``"mma"``: sizes + padding only, O(L)."""
-    if q_length is None and cache_position is not None:  # older transformers
+    """`AttentionMaskInterface` entry for ``"mma"``: sizes + padding only, O(L).
+
+    Accepts both calling conventions of transformers' mask interface: ``q_length``/``q_offset``
+    (transformers 5.x, e.g. 5.17 and 5.23) and ``cache_position`` (older releases)."""
+    if q_length is None:
+        if cache_position is None:
+            raise TypeError("mma_mask_interface: needs q_length (transformers 5) or cache_position (older)")
         q_length = cache_position.shape[0]
+    if kv_length is None:
+        raise TypeError("mma_mask_interface: needs kv_length")
     if q_offset is None:
-        q_offset = int(cache_position[0]) if cache_position is not None else kv_length - q_length
+        q_offset = cache_position[0] if cache_position is not None else kv_length - q_length
+    q_offset, kv_offset = _as_int(q_offset), _as_int(kv_offset)
     if isinstance(kv_offset, int) and kv_offset != 0:
         raise ValueError(f"attn_implementation='mma': a cache that drops old keys (kv_offset={kv_offset}, a "
                          f"sliding-window cache) is not supported; use a DynamicCache")

@@ -5,6 +5,7 @@ under ``TRITON_INTERPRET=1`` (CPU tensors) one small fixed configuration is used
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -18,6 +19,36 @@ LOG2E = 1.4426950408889634
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _fix_interpreter_index() -> bool:
+    """Version compat, interpreter only. Older triton's interpreter (3.6 has it, 3.9 does not) turns a
+    scalar into a Python int with ``int(handle.data)``, but a reduction's scalar is held there as a
+    1-element 1-D array, which recent NumPy (2.4) refuses ("only 0-dimensional arrays can be converted to
+    Python scalars"), so ``for n in range(lo, hi)`` over reduced bounds fails. Newer triton uses
+    ``int(handle.data.squeeze())``; do the same where the old line is still there. Compiled (GPU) kernels
+    are unaffected. Returns whether the fix is in place."""
+    try:
+        import inspect
+
+        from triton.runtime import interpreter as ti
+
+        orig = ti._patch_lang_tensor
+        if getattr(orig, "_mma_index_fix", False):
+            return True
+        if "int(self.handle.data))" not in inspect.getsource(orig):
+            return False
+    except Exception:  # a triton without this internal: nothing to fix
+        return False
+
+    def _patch_lang_tensor(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    _patch_lang_tensor._mma_index_fix = True
+    ti._patch_lang_tensor = _patch_lang_tensor
+    return True
 
 
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
@@ -50,6 +81,7 @@ _raw = {"fwd": tk.mma_fwd_kernel, "dq": tk.mma_bwd_dq_kernel, "dkdv": tk.mma_bwd
 
 def _launch(kind: str, grid_len: int, grid_heads: int, args, **meta):
     if interpreting():
+        _fix_interpreter_index()
         bm, bn = INTERPRET_BLOCKS[kind]
         blocks = bm if kind != "dkdv" else bn
         _raw[kind][(triton.cdiv(grid_len, blocks), grid_heads)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
