@@ -4,7 +4,7 @@ images per question ("what color is the second shape ?") and several turns per c
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -16,6 +16,7 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("left", "right", "top", "bottom")
 ORDINALS = ("first", "second", "third", "fourth")
+QUESTION_KINDS = ("color", "shape", "position", "yes/no")
 SYSTEM_PROMPT = "you are a helpful assistant ."
 WORDS = (
     list(COLORS) + list(SHAPES) + list(POSITIONS) + list(ORDINALS)
@@ -24,7 +25,8 @@ WORDS = (
 
 
 def draw_shape(color: str, shape: str, position: str, size: int = 32, rng: Optional[random.Random] = None) -> Image.Image:
-    """One shape of `color` on a light-grey noisy background, in the `position` half of the image."""
+    """One shape of `color` on a light-grey noisy background, in the `position` half of the image
+    (horizontally or vertically centred on the other axis)."""
     rng = rng or random.Random(0)
     noise = np.random.default_rng(rng.randrange(2**31)).integers(-12, 13, size=(size, size, 1))
     bg = np.full((size, size, 3), 200, dtype=np.int16) + noise.astype(np.int16)
@@ -32,8 +34,11 @@ def draw_shape(color: str, shape: str, position: str, size: int = 32, rng: Optio
     d = ImageDraw.Draw(img)
     r = max(3, int(size * rng.uniform(0.24, 0.3)))
     lo, hi = r + 1, size - r - 2
-    cx, cy = rng.randint(lo, hi), rng.randint(lo, hi)
     half = size // 2
+    # The other coordinate stays near the centre line, so that the position has one answer (a
+    # shape in a corner would be both "left" and "top").
+    jitter = max(1, size // 16)
+    cx, cy = half + rng.randint(-jitter, jitter), half + rng.randint(-jitter, jitter)
     if position == "left":
         cx = rng.randint(lo, max(lo, half - r // 2))
     elif position == "right":
@@ -53,12 +58,14 @@ def draw_shape(color: str, shape: str, position: str, size: int = 32, rng: Optio
     return img
 
 
-def _question(rng: random.Random, objs: List[Tuple[str, str, str]]) -> Tuple[str, str]:
-    """A question about one of the `objs` (color, shape, position) and its one-word answer."""
+def _question(rng: random.Random, objs: List[Tuple[str, str, str]],
+              kinds: Sequence[str] = QUESTION_KINDS) -> Tuple[str, str]:
+    """A question of one of the `kinds` about one of the `objs` (color, shape, position) and its
+    one-word answer."""
     k = rng.randrange(len(objs))
     color, shape, position = objs[k]
     which = f"the {ORDINALS[k]} " if len(objs) > 1 else "the "
-    kind = rng.randrange(4)
+    kind = QUESTION_KINDS.index(rng.choice(kinds))
     if kind == 0:
         return f"what color is {which}shape ?", color
     if kind == 1:
@@ -69,16 +76,21 @@ def _question(rng: random.Random, objs: List[Tuple[str, str, str]]) -> Tuple[str
     return f"is {which}shape {asked} ?", "yes" if asked == color else "no"
 
 
-def make_example(rng: random.Random, image_size: int = 32, num_images: int = 1, num_turns: int = 1) -> Dict:
+def make_example(rng: random.Random, image_size: int = 32, num_images: int = 1, num_turns: int = 1,
+                 kinds: Sequence[str] = QUESTION_KINDS) -> Dict:
     """One conversation: ``{"images": [PIL...], "conversation": [{"role", "content"}...]}``.
 
     The images of a turn come right before its question (``<image>`` placeholders); with several
-    turns each turn brings its own images."""
+    turns each turn brings its own images. `kinds`: the question kinds to draw from (a subset of
+    `QUESTION_KINDS`)."""
+    unknown = [k for k in kinds if k not in QUESTION_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds: expected a non-empty subset of {QUESTION_KINDS}, got {kinds!r}")
     images, conv = [], [{"role": "system", "content": SYSTEM_PROMPT}]
     for _ in range(num_turns):
         objs = [(rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(POSITIONS)) for _ in range(num_images)]
         images += [draw_shape(c, s, p, image_size, rng) for c, s, p in objs]
-        q, a = _question(rng, objs)
+        q, a = _question(rng, objs, kinds)
         conv.append({"role": "user", "content": "<image>\n" * num_images + q})
         conv.append({"role": "assistant", "content": a})
     return {"images": images, "conversation": conv}
@@ -92,15 +104,19 @@ class SyntheticShapes:
         max_images: each example has 1..max_images images (chosen at random per example).
         max_turns: each example has 1..max_turns user/assistant turns.
         seed: makes the stream reproducible.
+        kinds: question kinds to ask (default all of `QUESTION_KINDS`).
     """
 
-    def __init__(self, image_size: int = 32, max_images: int = 1, max_turns: int = 1, seed: int = 0):
+    def __init__(self, image_size: int = 32, max_images: int = 1, max_turns: int = 1, seed: int = 0,
+                 kinds: Sequence[str] = QUESTION_KINDS):
         self.image_size, self.max_images, self.max_turns = image_size, max_images, max_turns
+        self.kinds = tuple(kinds)
         self.rng = random.Random(seed)
 
     def example(self) -> Dict:
         return make_example(
-            self.rng, self.image_size, self.rng.randint(1, self.max_images), self.rng.randint(1, self.max_turns)
+            self.rng, self.image_size, self.rng.randint(1, self.max_images), self.rng.randint(1, self.max_turns),
+            self.kinds,
         )
 
     def batch(self, n: int) -> List[Dict]:
