@@ -200,7 +200,10 @@ def apply_mma(
     from ..policy import policy_bits
 
     policy_bits(policy)  # validate early
-    _pick_backend(backend, torch.device("cpu")) if backend != "triton" else None
+    from ..attention import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if image_token_id is not None:
         mma_ids_from_input_ids(torch.zeros(1, 1, dtype=torch.long), image_token_id, answer_token_id,
                                turn_token_id=turn_token_id)  # validates the token ids
