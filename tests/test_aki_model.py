@@ -84,8 +84,8 @@ def aki_dense_mask(input_ids, attention_mask, num_image_tokens):
             while i < n and toks[i] == "img":
                 i += 1
             e = i  # image block [s, e)
-            q_end = next((j for j in range(e, n) if toks[j] == "asst"), n)
-            # text after the block up to <|assistant|>; later image blocks of the turn stay causal
+            q_end = next((j + 1 for j in range(e, n) if toks[j] == "asst"), e)
+            # text after the block through <|assistant|> (none without it); later images stay causal
             for j in range(e, q_end):
                 if toks[j] != "img":
                     m[s:e, j] = True
@@ -147,7 +147,7 @@ def test_mask_fidelity_single_image(model, processor):
 
 
 def test_mask_fidelity_worked_example_positions(model, processor):
-    """The contract's worked layout: images see their question up to <|assistant|>, never the answer."""
+    """The contract's worked layout: images see their question through <|assistant|>, never the answer."""
     _, b = batch_of(processor, seed=2, n=1)
     inp = model.build_inputs(b["input_ids"], b["pixel_values"], b["attention_mask"])
     mod = inp["modality_ids"][0]
@@ -158,7 +158,7 @@ def test_mask_fidelity_worked_example_positions(model, processor):
     with torch.no_grad():
         dense = captured_masks(model, lambda: model(**b))[0].to_dense()[0]
     first, last = int(img[0]), int(img[-1])
-    assert dense[first, last + 1:asst].all() and not dense[first, asst:].any()
+    assert dense[first, last + 1:asst + 1].all() and not dense[first, asst + 1:].any()
     assert not dense[first, first + 1:last + 1].any(), "image -> later image stays causal (policy mma)"
     assert not dense.triu(1)[asst:].any(), "answer rows are causal"
 

@@ -69,9 +69,9 @@ def test_batched_left_padded_generate_matches_single_rows():
 def test_chunked_prefill_and_split_segment_error():
     eager, mma = model_pair("llama")
     apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
-    ids = _prompt(16, img_at=2, ans_at=11)  # segment 0 = positions 0..10 (images 2..6 see text up to 10)
+    ids = _prompt(16, img_at=2, ans_at=11)  # segment 0 = positions 0..11 (images 2..6 see text through <|assistant|> at 11)
     full = mma.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    chunked = mma.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, prefill_chunk_size=11)
+    chunked = mma.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, prefill_chunk_size=12)
     assert chunked.tolist() == full.tolist() == torch.cat([ids, _reference_greedy(eager, ids, 4)], 1).tolist()
     with pytest.raises(ValueError, match=r"chunked prefill: the chunk ends at position 8, inside a mutual segment"):
         mma.generate(ids, max_new_tokens=2, do_sample=False, prefill_chunk_size=8)

@@ -179,15 +179,20 @@ def test_ids_from_input_ids_aki_layout():
     ids[0, 171] = ASST
     mod, seg = mma_ids_from_input_ids(ids, IMGT, ASST)
     assert mod[0, 10:154].eq(1).all() and mod[0, :10].eq(0).all() and mod[0, 154:].eq(0).all()
-    assert seg[0, :171].eq(0).all() and seg[0, 171:].eq(1).all()
+    # <|assistant|> (171) closes the user segment; the answer after it has no look-ahead
+    tail = seg[0, 172:].tolist()
+    assert seg[0, :172].eq(0).all() and len(set(tail)) == len(tail) == 8 and min(tail) > 0
     allowed = mma_kernels.MMAMask(mod, seg).to_dense()[0]
-    assert allowed[10, 154:171].all() and not allowed[10, 171:].any() and not allowed[10, 11]
+    assert allowed[10, 154:172].all() and not allowed[10, 172:].any() and not allowed[10, 11]
     # padding and multi-turn
     ids2 = torch.tensor([[0, 0, 9, IMGT, IMGT, 9, ASST, 9, 3, IMGT, 9, ASST, 9]])
     att = (ids2 != 0).long()
     mod, seg = mma_ids_from_input_ids(ids2, [IMGT], ASST, attention_mask=att, turn_token_id=3)
     assert mod.tolist() == [[-1, -1, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0]]
-    assert seg.tolist() == [[0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3]]
+    assert seg[:, :12].tolist() == [[0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 2]] and seg[0, 12] > 2
+    # no answer marker at all (a caption): no look-ahead
+    mod, seg = mma_ids_from_input_ids(torch.tensor([[IMGT, IMGT, 9, 9]]), IMGT, ASST)
+    assert len(set(seg[0].tolist())) == 4
     with pytest.raises(TypeError, match="image_token_id"):
         mma_ids_from_input_ids(ids2, "x", ASST)
     with pytest.raises(TypeError, match="input_ids"):

@@ -76,8 +76,8 @@ def test_collator_explicit_ids_distinct_segments_and_errors():
     assert out["labels"].tolist() == [[-100, 2, 3, -100, 5]]
     assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert out["pixel_values"].shape == (3, 4)
-    mod, seg = mma_ids_from_input_ids(torch.tensor([[1, IMG, ANS]]), IMG, ANS)
-    assert mod.tolist() == [[0, 1, 0]] and seg.tolist() == [[0, 0, 1]]
+    mod, seg = mma_ids_from_input_ids(torch.tensor([[1, IMG, ANS, 7]]), IMG, ANS)
+    assert mod.tolist() == [[0, 1, 0, 0]] and seg[:, :3].tolist() == [[0, 0, 0]] and seg[0, 3] > 0
     with pytest.raises(ValueError, match=r"unknown keys \['foo'\]"):
         c([{"input_ids": [1], "foo": 1}])
     with pytest.raises(ValueError, match=r"features\[0\]\['modality_ids'\]: length 1"):

@@ -37,11 +37,13 @@ def mma_ids_from_input_ids(
 
     - modality: 1 (image) where ``input_ids`` is ``image_token_id`` (an int or a collection),
       0 (text) elsewhere, -1 where ``attention_mask == 0`` (padding).
-    - segments: a new mutual segment starts at every ``answer_token_id`` (e.g. AKI's
-      ``<|assistant|>``), so images see the question of their turn but never the answer; and,
-      if given, at every ``turn_token_id`` (e.g. ``<|user|>``), so each user turn is its own
-      segment even for policies where text looks ahead. Without ``answer_token_id`` the whole
-      row is one segment: only right for prompts that contain no answer.
+    - segments (the contract's AKI case): a mutual segment ends *with* every ``answer_token_id``
+      (e.g. AKI's ``<|assistant|>``), so images see the question of their turn and the marker, never
+      the answer after it; if given, a new segment also starts at every ``turn_token_id`` (e.g.
+      ``<|user|>``). Tokens after the last ``answer_token_id`` of a row (the whole row if it has
+      none, e.g. a pretraining caption) get no look-ahead at all (one segment per token), so no
+      supervised token can ever be seen early. Without ``answer_token_id`` (and without
+      ``turn_token_id``) the whole row is one segment: only right for prompts that hold no answer.
     """
     _check_2d_int("input_ids", input_ids)
     img = _token_set("image_token_id", image_token_id)
@@ -49,11 +51,18 @@ def mma_ids_from_input_ids(
         raise ValueError("image_token_id: required to derive modality ids from input_ids, got None")
     mod = torch.where(torch.isin(input_ids, img.to(input_ids.device)), IMAGE, TEXT).long()
     breaks = torch.zeros_like(input_ids, dtype=torch.bool)
-    for name, tok in (("answer_token_id", answer_token_id), ("turn_token_id", turn_token_id)):
-        t = _token_set(name, tok)
-        if t is not None:
-            breaks |= torch.isin(input_ids, t.to(input_ids.device))
+    turn = _token_set("turn_token_id", turn_token_id)
+    if turn is not None:
+        breaks |= torch.isin(input_ids, turn.to(input_ids.device))
+    ans = _token_set("answer_token_id", answer_token_id)
+    if ans is not None:
+        is_ans = torch.isin(input_ids, ans.to(input_ids.device))
+        breaks[:, 1:] |= is_ans[:, :-1]  # a segment closes with the answer marker
     seg = breaks.long().cumsum(dim=1)
+    if ans is not None:  # after the last marker (or with none): no look-ahead, one segment per token
+        open_tail = is_ans.flip(1).long().cumsum(dim=1).flip(1) == 0
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        seg = torch.where(open_tail, seg[:, -1:] + 1 + pos, seg)
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (as input_ids), "
