@@ -5,7 +5,7 @@ import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 ATTENTION_CHOICES = ("mma", "causal")
 CONFIG_NAME = "aki_config.json"
@@ -21,12 +21,12 @@ class AKIConfig:
             Hugging Face causal LM that `transformers.AutoModelForCausalLM` can build works.
         num_image_tokens: visual tokens per image, i.e. Perceiver latents (AKI: 144).
         resampler_depth, resampler_heads, resampler_dim_head, resampler_ff_mult: Perceiver
-            resampler shape (AKI-4B: 6, 16, 96, 4).
+            resampler shape (AKI-4B: 6, 8, 64, 4, the reference's defaults).
         image_token_id: id of the ``<image>`` placeholder in ``input_ids``; each one is replaced
             by ``num_image_tokens`` visual tokens.
         assistant_token_id: id of ``<|assistant|>``: image tokens attend to the text that follows
-            them up to (not including) the next ``<|assistant|>``.
-        end_token_id: id of ``<|end|>`` (end of a turn; the default stop token of generation).
+            them up to and including the next ``<|assistant|>`` (never to what follows it).
+        eos_token_id: id that closes every answer (``<|endoftext|>``); generation stops there.
         pad_token_id: id used to pad ``input_ids``.
         attention: ``"mma"`` (modality-mutual attention, AKI) or ``"causal"`` (the ablation).
         freeze_vision_encoder: no gradients through the vision encoder (AKI's fine-tuning setup).
@@ -38,13 +38,13 @@ class AKIConfig:
     text_config: Dict[str, Any] = field(default_factory=dict)
     num_image_tokens: int = 144
     resampler_depth: int = 6
-    resampler_heads: int = 16
-    resampler_dim_head: int = 96
+    resampler_heads: int = 8
+    resampler_dim_head: int = 64
     resampler_ff_mult: int = 4
-    image_token_id: int = 32011
+    image_token_id: int = 32012
     assistant_token_id: int = 32001
-    end_token_id: int = 32007
-    pad_token_id: int = 32000
+    eos_token_id: int = 32000
+    pad_token_id: int = 32011
     attention: str = "mma"
     freeze_vision_encoder: bool = True
     lm_head_bias: bool = False
@@ -74,46 +74,66 @@ class AKIConfig:
                 model_type="phi3", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=1024, original_max_position_embeddings=1024,
-                pad_token_id=SPECIAL_IDS["<pad>"], bos_token_id=None, eos_token_id=SPECIAL_IDS["<|end|>"],
+                pad_token_id=SPECIAL_IDS["<pad>"], bos_token_id=SPECIAL_IDS["<s>"],
+                eos_token_id=SPECIAL_IDS["<|endoftext|>"],
                 tie_word_embeddings=False,
             ),
             num_image_tokens=8, resampler_depth=1, resampler_heads=2, resampler_dim_head=16, resampler_ff_mult=2,
             image_token_id=SPECIAL_IDS["<image>"], assistant_token_id=SPECIAL_IDS["<|assistant|>"],
-            end_token_id=SPECIAL_IDS["<|end|>"], pad_token_id=SPECIAL_IDS["<pad>"],
+            eos_token_id=SPECIAL_IDS["<|endoftext|>"], pad_token_id=SPECIAL_IDS["<pad>"],
         )
         cfg.update(overrides)
         return cls(**cfg)
 
     @classmethod
-    def aki_4b(cls, **overrides) -> "AKIConfig":
-        """The shapes of the released AKI-4B (Sony/AKI-4B-phi-3.5-mini): SigLIP so400m-patch14-384
-        (no pooling head: AKI uses the last hidden state), a Perceiver resampler with 144 latents,
-        and Phi-3.5-mini-instruct (32 layers, hidden 3072, 32 heads of dim 96) with the two added
-        tokens ``<image>`` (32011) and ``<|endofchunk|>`` (32012): vocabulary 32013 after merging
-        the decoupled embeddings (see `aki_model.weights`).
+    def aki_4b(cls, phi_config: Union[str, Dict[str, Any], None] = None, **overrides) -> "AKIConfig":
+        """The released AKI-4B (Sony/AKI-4B-phi-3.5-mini), as the reference code builds it:
 
-        Phi-3.5-mini uses "longrope" rotary scaling; its factor lists are not repeated here: pass
-        the ``rope_parameters``/``rope_scaling`` of the released ``config.json`` through
-        ``text_config`` to reproduce its logits exactly."""
+        - SigLIP so400m-patch14-384, last hidden state (its pooling head is unused);
+        - Perceiver resampler: 144 latents, depth 6, 8 heads of 64, ff x4 (``src/aki.py`` passes only
+          dim, dim_inner and num_latents; the rest are ``src/helpers.py`` defaults);
+        - Phi-3.5-mini-instruct: 32 layers, hidden 3072, 32 heads of 96, 8192 MLP, 131072 positions over
+          an original 4096, longrope rotary scaling; vocabulary 32014 after merging AKI's decoupled
+          embeddings: Phi-3.5's 32011 tokens, ``<pad>`` 32011, ``<image>`` 32012, ``<|endofchunk|>``
+          32013 (see `aki_model.weights`); BOS ``<s>`` 1, EOS ``<|endoftext|>`` 32000.
+
+        Args:
+            phi_config: Phi-3.5-mini-instruct's ``config.json`` (a path, the directory holding it, or
+                the dict): its ``rope_scaling`` (or ``rope_parameters``: the longrope ``short_factor``
+                and ``long_factor`` lists, 48 numbers each), ``rope_theta`` and ``sliding_window`` are
+                taken from it. Without it, ``text_config`` must carry ``rope_scaling`` (or
+                ``rope_parameters``) itself: the factor lists are not repeated in this package, and
+                a Phi-3.5 without them computes different logits, so the preset refuses to guess.
+            overrides: replace fields; ``vision_config``/``text_config`` dicts are merged into the preset's.
+        """
         cfg = dict(
             vision_config=dict(
                 hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                 image_size=384, patch_size=14, vision_use_head=False,
             ),
             text_config=dict(
-                model_type="phi3", vocab_size=32013, hidden_size=3072, intermediate_size=8192,
+                model_type="phi3", vocab_size=32014, hidden_size=3072, intermediate_size=8192,
                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                 max_position_embeddings=131072, original_max_position_embeddings=4096,
-                rms_norm_eps=1e-5, pad_token_id=32000, bos_token_id=1, eos_token_id=32007,
+                rms_norm_eps=1e-5, pad_token_id=32011, bos_token_id=1, eos_token_id=32000,
                 tie_word_embeddings=False,
             ),
-            num_image_tokens=144, resampler_depth=6, resampler_heads=16, resampler_dim_head=96, resampler_ff_mult=4,
-            image_token_id=32011, assistant_token_id=32001, end_token_id=32007, pad_token_id=32000,
+            num_image_tokens=144, resampler_depth=6, resampler_heads=8, resampler_dim_head=64, resampler_ff_mult=4,
+            image_token_id=32012, assistant_token_id=32001, eos_token_id=32000, pad_token_id=32011,
         )
+        if phi_config is not None:
+            cfg["text_config"].update(_phi_rope_fields(phi_config))
         for key in ("vision_config", "text_config"):
             if key in overrides:
                 cfg[key] = {**cfg[key], **overrides.pop(key)}
         cfg.update(overrides)
+        rope = cfg["text_config"].get("rope_scaling") or cfg["text_config"].get("rope_parameters") or {}
+        if (rope.get("rope_type") or rope.get("type")) not in ("longrope", "su"):
+            raise ValueError(
+                "AKIConfig.aki_4b: Phi-3.5-mini-instruct uses longrope rotary scaling; pass "
+                "phi_config='<path to its config.json>' or text_config={'rope_scaling': {'type': 'longrope', "
+                "'short_factor': [48 numbers], 'long_factor': [48 numbers]}} (got rope settings "
+                f"{rope or None!r})")
         return cls(**cfg)
 
     # ------------------------------------------------------------------ derived
@@ -154,3 +174,21 @@ class AKIConfig:
     def from_pretrained(cls, directory: str) -> "AKIConfig":
         with open(os.path.join(directory, CONFIG_NAME), encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
+
+
+PHI_ROPE_KEYS = ("rope_scaling", "rope_parameters", "rope_theta", "sliding_window", "original_max_position_embeddings",
+                 "max_position_embeddings")
+
+
+def _phi_rope_fields(phi_config: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The rotary fields of a Phi-3.5 ``config.json`` (path, directory or dict)."""
+    if isinstance(phi_config, str):
+        path = os.path.join(phi_config, "config.json") if os.path.isdir(phi_config) else phi_config
+        with open(path, encoding="utf-8") as f:
+            phi_config = json.load(f)
+    if not isinstance(phi_config, dict):
+        raise TypeError(f"phi_config: a path or a dict, got {type(phi_config).__name__}")
+    out = {k: copy.deepcopy(phi_config[k]) for k in PHI_ROPE_KEYS if phi_config.get(k) is not None}
+    if "rope_scaling" in out and "rope_parameters" in out:
+        out.pop("rope_parameters")
+    return out

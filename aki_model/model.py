@@ -5,10 +5,13 @@ The LLM runs with ``attn_implementation="mma"`` (`mma_kernels.apply_mma`); the p
 given to it are, over the expanded sequence:
 
 - modality: 1 for visual tokens, 0 for text, -1 for padding;
-- segment: a new segment starts at every ``<|assistant|>``; so with policy ``"mma"`` every image
-  token attends (besides its causal past) to the text that follows it up to, not including, the
-  next ``<|assistant|>``: its turn's question. Answer tokens stay causal. This is AKI's mask for a
-  single image, extended to several images and turns.
+- segment (`mma_kernels.mma_ids_from_input_ids` with ``answer_token_id=<|assistant|>``): a mutual
+  segment closes with each ``<|assistant|>``; so with policy ``"mma"`` every image token attends
+  (besides its causal past) to the text that follows it up to and including its turn's
+  ``<|assistant|>``, as the AKI reference's mask does for one image; tokens after the last
+  ``<|assistant|>`` (answers, or a whole caption without one) get no look-ahead. Answer tokens
+  stay causal and are never visible to an image. Several images / turns: each turn's images see
+  that turn's text (the reference handles one image).
 
 ``config.attention="causal"`` runs the same kernel with the ``"causal"`` policy (the ablation).
 """
@@ -204,8 +207,8 @@ class AKIModel(nn.Module):
                  do_sample: bool = False, **generate_kwargs) -> torch.Tensor:
         """Autoregressive decoding with a KV cache through the LLM's ``generate`` (greedy by default;
         ``do_sample=True`` with ``temperature``/``top_k``/``top_p`` for sampling). Batches may be
-        left- or right-padded (right padding is moved to the left). Stops at ``<|end|>``.
-        Returns ``input_ids`` followed by the new tokens [B, L + new] (padding after ``<|end|>``)."""
+        left- or right-padded (right padding is moved to the left). Stops at EOS (``<|endoftext|>``).
+        Returns ``input_ids`` followed by the new tokens [B, L + new] (padding after EOS)."""
         dev = self.device
         input_ids = input_ids.to(dev)
         if attention_mask is None:
@@ -216,7 +219,7 @@ class AKIModel(nn.Module):
             idx = (torch.arange(input_ids.shape[1], device=dev)[None] - shift[:, None]) % input_ids.shape[1]
             input_ids, attention_mask = input_ids.gather(1, idx), attention_mask.gather(1, idx)
         inp = self.build_inputs(input_ids, pixel_values, attention_mask)
-        generate_kwargs.setdefault("eos_token_id", self.config.end_token_id)
+        generate_kwargs.setdefault("eos_token_id", self.config.eos_token_id)
         generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id)
         if not do_sample:
             generate_kwargs.setdefault("temperature", None)
@@ -234,13 +237,19 @@ class AKIModel(nn.Module):
         """State dict under the checkpoint names (`vision_encoder.*` without SigLIP's nesting)."""
         return {_canonical(k): v for k, v in self.state_dict().items()}
 
-    def load_canonical_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True):
-        own = {_canonical(k): k for k in self.state_dict()}
+    def load_canonical_state_dict(self, state_dict: Dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load tensors named as in `canonical_state_dict`; strict: names and shapes must match."""
+        own_sd = self.state_dict()
+        own = {_canonical(k): k for k in own_sd}
         unknown = [k for k in state_dict if k not in own]
         missing = [k for k in own if k not in state_dict]
         if strict and (unknown or missing):
             raise KeyError(f"checkpoint does not match the model: missing {missing[:8]}, unexpected {unknown[:8]}")
-        return self.load_state_dict({own[k]: v for k, v in state_dict.items() if k in own}, strict=strict)
+        wrong = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own_sd[own[k]].shape)}"
+                 for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own_sd[own[k]].shape)]
+        if wrong:
+            raise ValueError(f"checkpoint shapes do not match the model ({len(wrong)} tensors): {wrong[:6]}")
+        return self.load_state_dict({own[k]: v for k, v in state_dict.items() if k in own}, strict=strict, assign=assign)
 
     def save_pretrained(self, directory: str, processor=None) -> None:
         """Writes ``aki_config.json``, ``model.safetensors`` (and the processor's tokenizer)."""

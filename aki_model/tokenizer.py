@@ -1,7 +1,8 @@
 """A small word-level tokenizer built in code (no downloads), behaving like a Hugging Face tokenizer.
 
-It knows AKI's chat tokens (``<|system|>``, ``<|user|>``, ``<|assistant|>``, ``<|end|>``), the
-image placeholder ``<image>``, a newline token, the words of the synthetic task
+It knows the special tokens of AKI-4B's Phi-3.5 tokenizer that the AKI template uses (``<s>`` BOS,
+``<|endoftext|>`` EOS, ``<|system|>``, ``<|user|>``, ``<|assistant|>``, ``<|end|>``), the tokens AKI
+adds (``<pad>``, ``<image>``, ``<|endofchunk|>``), a newline token, the words of the synthetic task
 (`aki_model.data.WORDS`) and a few hundred common English words; anything else becomes ``<unk>``.
 Text is lower-cased and split on whitespace and punctuation.
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-SPECIAL_TOKENS = ["<pad>", "<unk>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>", "\n"]
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<image>", "\n",
+                  "<s>", "<|endofchunk|>"]
 SPECIAL_IDS = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
 
 _COMMON = """
@@ -63,9 +65,9 @@ def build_tokenizer(extra_words: Iterable[str] = (), pad_to_multiple_of: int = 6
         tokenizer_object=tok,
         pad_token="<pad>",
         unk_token="<unk>",
-        eos_token="<|end|>",
-        bos_token=None,
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<pad>", "<unk>", "<|end|>")],
+        eos_token="<|endoftext|>",
+        bos_token="<s>",
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<pad>", "<unk>", "<|endoftext|>", "<s>")],
         padding_side="right",
         model_max_length=4096,
     )

@@ -50,6 +50,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="peak learning rate; 3e-3 collapses the visual tokens to an image-independent constant")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps, then cosine decay")
+    p.add_argument("--task", choices=["describe", "count", "presence", "select"], default="describe",
+                   help="describe: one shape, its colour/shape/position; count: 2-4 shapes, 'how many red shapes "
+                        "are there ?'; presence: the same scenes, 'is there a red shape ?'; select: two images, "
+                        "'what color is the second shape ?'")
+    p.add_argument("--image-tokens", type=int, default=None, help="visual tokens per image (default: the config's)")
+    p.add_argument("--llm-layers", type=int, default=None, help="LLM decoder layers (default: the config's)")
     p.add_argument("--max-images", type=int, default=1, help="images per question: 1..N")
     p.add_argument("--max-turns", type=int, default=1, help="user/assistant turns per conversation: 1..N")
     p.add_argument("--config", choices=["small", "tiny"], default="small", help="model size (from scratch)")
@@ -97,8 +103,12 @@ def evaluate(model: AKIModel, processor: AKIProcessor, data: SyntheticShapes, n:
 
 
 def question_kind(question: str) -> str:
-    """"color", "shape", "position" or "yes/no" (the four question templates of `aki_model.data`)."""
+    """"color", "shape", "position", "yes/no" (task "describe") or "count" (task "count")."""
     q = question.replace("<image>", " ").split()
+    if q[:2] == ["how", "many"]:
+        return "count"
+    if q[:2] == ["is", "there"]:
+        return "presence"
     if q[:2] == ["what", "color"]:
         return "color"
     if q[:2] == ["what", "shape"]:
@@ -120,6 +130,13 @@ def train(args: argparse.Namespace) -> Dict:
     else:
         config = AKIConfig.tiny(vocab_size=len(tokenizer), attention=args.attention,
                                 freeze_vision_encoder=args.freeze_vision)
+    if args.image_tokens or args.llm_layers:
+        d = config.to_dict()
+        if args.image_tokens:
+            d["num_image_tokens"] = args.image_tokens
+        if args.llm_layers:
+            d["text_config"]["num_hidden_layers"] = args.llm_layers
+        config = AKIConfig.from_dict(d)
     processor = AKIProcessor(tokenizer, image_size=config.image_size)
     model = AKIModel(config).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -134,11 +151,12 @@ def train(args: argparse.Namespace) -> Dict:
         t = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    data = SyntheticShapes(config.image_size, args.max_images, args.max_turns, seed=args.seed)
+    data = SyntheticShapes(config.image_size, args.max_images, args.max_turns, seed=args.seed, task=args.task)
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "loss_log.csv")
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"AKI ({args.attention}) {n_params / 1e6:.2f}M parameters, {config.num_image_tokens} visual tokens/image, "
+    print(f"AKI ({args.attention}, task {args.task}) {n_params / 1e6:.2f}M parameters, "
+          f"{config.num_image_tokens} visual tokens/image, {config.text_config['num_hidden_layers']} LLM layers, "
           f"device {device}, {args.steps} steps x batch {args.batch_size}; log {log_path}")
     t0 = time.time()
     history = []
@@ -169,11 +187,14 @@ def train(args: argparse.Namespace) -> Dict:
                     print(f"step {step + 1}/{args.steps} loss {avg:.4f}", flush=True)
     train_time = time.time() - t0
     model.save_pretrained(args.out, processor)
-    eval_data = SyntheticShapes(config.image_size, args.max_images, args.max_turns, seed=args.seed + 10_000)
+    eval_data = SyntheticShapes(config.image_size, args.max_images, args.max_turns, seed=args.seed + 10_000,
+                                task=args.task)
     result = evaluate(model, processor, eval_data, args.eval_examples) if args.eval_examples else {}
     first = sum(history[:10]) / min(10, len(history))
     last = sum(history[-10:]) / min(10, len(history))
-    summary = {"attention": args.attention, "steps": args.steps, "batch_size": args.batch_size,
+    summary = {"attention": args.attention, "task": args.task, "seed": args.seed, "steps": args.steps,
+               "batch_size": args.batch_size, "lr": args.lr, "num_image_tokens": config.num_image_tokens,
+               "llm_layers": config.text_config["num_hidden_layers"], "parameters": n_params,
                "first_loss": history[0], "first10_mean": first, "last10_mean": last, "last_loss": history[-1],
                "train_seconds": round(train_time, 1), "eval": result, "checkpoint": args.out}
     with open(os.path.join(args.out, "train_summary.json"), "w", encoding="utf-8") as f:

@@ -22,20 +22,28 @@ released name                                  here
 ``lang_model.<other>``                         ``lang_model.<other>`` (the HF causal LM's own names)
 =============================================  ===============================================
 
-``n0`` is the tokenizer length before AKI added its tokens (32011 for Phi-3.5): the released
-"decoupled" embedding looks up ids ``<= n0 - 1`` in ``weight`` (whose extra rows, up to 32064, are
-never used) and larger ids in ``additional_embedding``; its output layer keeps the first ``n0``
-logits of ``weight`` and appends the ``additional_fc`` logits. Merging them keeps every id and
-logit where it was: the LLM vocabulary becomes ``n0 + k`` (32013), which is
-``text_config["vocab_size"]`` of `AKIConfig.aki_4b`; ``n0`` is derived from it.
+``n0`` is the reference's ``initial_tokenizer_len``: the tokenizer length after the factory added
+``<pad>`` and before it added ``<image>`` and ``<|endofchunk|>`` (Phi-3.5: 32011 tokens + ``<pad>`` =
+32012). The released "decoupled" embedding looks up ids ``<= n0 - 1`` in ``weight`` (32064 rows:
+``<pad>`` = 32011 reads row 32011, the rows above are never used) and larger ids in
+``additional_embedding`` (``<image>`` = 32012, ``<|endofchunk|>`` = 32013); its output layer keeps
+the first ``n0`` logits of ``weight`` (and of its bias: the reference's ``DecoupledLinear`` is built
+with a bias) and appends the ``additional_fc`` logits. Merging keeps every id and logit where it
+was: the LLM vocabulary becomes ``n0 + k`` = 32014, ``text_config["vocab_size"]`` of
+`AKIConfig.aki_4b`; ``n0`` is derived from it.
+
+Resampler (``vision_tokenizer``): the reference's defaults, 8 heads of 64: ``to_q`` [512, 1152],
+``to_kv`` [1024, 1152], ``to_out`` [1152, 512]; ``latents`` [144, 1152]; ``projection`` [3072, 1152].
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from typing import Dict, Optional, Tuple, Union
 
 import torch
+from torch import nn
 
 from .config import AKIConfig
 
@@ -117,25 +125,50 @@ def convert_aki_state_dict(state_dict: Dict[str, torch.Tensor], vocab_size: int,
     return out, info
 
 
-def load_aki_checkpoint(checkpoint: Union[str, Dict[str, torch.Tensor]], config: Optional[AKIConfig] = None,
+@contextlib.contextmanager
+def empty_parameters():
+    """Inside: every parameter a module registers is created on the meta device (no memory, no
+    random init); buffers stay real. Load the weights afterwards with ``assign=True``."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def load_aki_checkpoint(checkpoint: Union[str, Dict[str, torch.Tensor]], config: AKIConfig,
                         dtype: Optional[torch.dtype] = None, device=None):
-    """Build an `AKIModel` from a checkpoint with the released AKI layout.
+    """Build an `AKIModel` from a checkpoint with the released AKI layout, strictly (every tensor
+    name and shape must match; the model is built without initialising its parameters and takes
+    the checkpoint's tensors, so memory holds one copy of the weights).
 
     Args:
         checkpoint: a file, a directory of shards, or a state dict already in memory.
-        config: the model's shapes; default `AKIConfig.aki_4b()`. ``lm_head_bias`` is set from
-            the checkpoint.
+        config: the model's shapes, e.g. ``AKIConfig.aki_4b(phi_config=...)``. ``lm_head_bias`` is
+            set from the checkpoint.
     """
     from .model import AKIModel
 
-    config = config or AKIConfig.aki_4b()
     sd = read_state_dict(checkpoint) if isinstance(checkpoint, str) else dict(checkpoint)
     converted, info = convert_aki_state_dict(sd, int(config.text_config["vocab_size"]),
                                              keep_vision_head=bool(config.vision_config.get("vision_use_head", False)))
     if info["lm_head_bias"] != config.lm_head_bias:
         config = AKIConfig.from_dict({**config.to_dict(), "lm_head_bias": info["lm_head_bias"]})
-    model = AKIModel(config)
-    model.load_canonical_state_dict(converted, strict=True)
+    with empty_parameters():
+        model = AKIModel(config)
+    model.load_canonical_state_dict(converted, strict=True, assign=True)
+    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise KeyError(f"checkpoint left parameters unset: {left[:8]}")
+    if config.freeze_vision_encoder:
+        model.vision_encoder.requires_grad_(False)
     if dtype is not None:
         model.to(dtype)
     if device is not None:

@@ -12,6 +12,8 @@ from aki_model import AKIConfig, AKIModel, AKIProcessor  # noqa: E402
 from aki_model.data import make_example  # noqa: E402
 from aki_model.tokenizer import SPECIAL_IDS  # noqa: E402
 
+from aki_model.fidelity import compare, extended_mask, formats, reference_mask  # noqa: E402
+
 IMG, ASSISTANT, PAD = SPECIAL_IDS["<image>"], SPECIAL_IDS["<|assistant|>"], SPECIAL_IDS["<pad>"]
 NEG = torch.finfo(torch.float32).min
 
@@ -51,67 +53,89 @@ def batch_of(processor, seed, n=3, images=1, turns=1, **kw):
     return exs, processor([e["conversation"] for e in exs], [e["images"] for e in exs], **kw)
 
 
-def aki_dense_mask(input_ids, attention_mask, num_image_tokens):
-    """The AKI rule, built densely and independently of mma_kernels, over the expanded sequence.
+def format_batch(processor, conv, imgs, kw):
+    if conv == "captions":
+        from PIL import Image
 
-    Mirrors the reference code: replace each <image> by num_image_tokens positions, causal mask,
-    then mask[image_start:image_end, image_end:question_end] = 1 where question_end is the next
-    <|assistant|> (exclusive); padded keys are masked. Several images / turns: each image block
-    gets the same look-ahead up to the next <|assistant|> after it. Returns bool [B, Lx, Lx] for
-    the expanded rows laid out as the model lays them out (right padding)."""
-    rows = []
-    for ids, am in zip(input_ids.tolist(), attention_mask.tolist()):
-        toks, valid = [], []
-        for t, a in zip(ids, am):
-            if t == IMG and a:
-                toks += ["img"] * num_image_tokens
-                valid += [1] * num_image_tokens
-            else:
-                toks.append("asst" if t == ASSISTANT else "txt")
-                valid.append(a)
-        rows.append((toks, valid))
-    Lx = max(len(t) for t, _ in rows)
-    out = torch.zeros(len(rows), Lx, Lx, dtype=torch.bool)
-    for b, (toks, valid) in enumerate(rows):
-        n = len(toks)
-        m = torch.ones(n, n).tril().bool()
-        i = 0
-        while i < n:
-            if toks[i] != "img":
-                i += 1
-                continue
-            s = i
-            while i < n and toks[i] == "img":
-                i += 1
-            e = i  # image block [s, e)
-            q_end = next((j + 1 for j in range(e, n) if toks[j] == "asst"), e)
-            # text after the block through <|assistant|> (none without it); later images stay causal
-            for j in range(e, q_end):
-                if toks[j] != "img":
-                    m[s:e, j] = True
-        m &= torch.tensor(valid, dtype=torch.bool)[None, :]
-        out[b, :n, :n] = m
-    return out
+        return processor.captions(imgs, [Image.new("RGB", (32, 32), (40, 80, 220)) for _ in imgs])
+    return processor(conv, imgs, **kw)
 
 
-def captured_masks(model, fn):
-    """Run fn() and return the MMAMasks the patched LLM built (what its attention really used)."""
-    import mma_kernels.integrations.transformers as tr
+FORMATS = formats(32)
 
-    seen = []
-    orig = tr.build_mma_mask
 
-    def spy(*a, **k):
-        m = orig(*a, **k)
-        seen.append(m)
-        return m
+def oracle_dense(model, batch):
+    """[B, Lx, Lx]: each row's `extended_mask` (the reference's rule, per turn) placed where the
+    model lays the row out in the batch."""
+    with torch.no_grad():
+        inp = model.build_inputs(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
+    B, Lx = inp["modality_ids"].shape
+    out = torch.zeros(B, Lx, Lx, dtype=torch.bool)
+    cfg = model.config
+    for b in range(B):
+        m = extended_mask(batch["input_ids"][b].tolist(), batch["attention_mask"][b].tolist(), cfg.image_token_id,
+                          cfg.assistant_token_id, cfg.num_image_tokens)
+        off = int(inp["index"][b, -1]) + 1 - m.shape[0]
+        out[b, off:off + m.shape[0], off:off + m.shape[0]] = m
+    return out, inp
 
-    tr.build_mma_mask = spy
+
+# ---------------------------------------------------------------------------------- mask fidelity
+def test_reference_oracle_by_hand():
+    """The reference's mask for <s> <image> q <|end|> <|assistant|> \n a </s> with 2 visual tokens,
+    written out cell by cell: the image rows see q, <|end|> and <|assistant|>, not the newline after."""
+    S = SPECIAL_IDS
+    ids = [S["<s>"], IMG, 50, S["<|end|>"], ASSISTANT, S["\n"], 60, S["<|endoftext|>"], PAD]
+    attn = [1] * 8 + [0]
+    want = torch.ones(10, 10).tril().bool()
+    want[1:3, 3:6] = True  # image (positions 1, 2) -> q, <|end|>, <|assistant|> (3, 4, 5)
+    want[:, 9] = False  # padding key
+    got = reference_mask(ids, attn, IMG, ASSISTANT, 2)
+    assert torch.equal(got, want)
+    assert torch.equal(extended_mask(ids, attn, IMG, ASSISTANT, 2), want)
+    # no <|assistant|> (a caption): no look-ahead at all
+    cap = [S["<s>"], IMG, 50, 51, S["<|endofchunk|>"], S["<|endoftext|>"]]
+    assert torch.equal(reference_mask(cap, [1] * 6, IMG, ASSISTANT, 2), torch.ones(7, 7).tril().bool())
+    assert reference_mask([IMG, IMG, ASSISTANT], [1, 1, 1], IMG, ASSISTANT, 2) is None  # the reference crashes
+
+
+@pytest.mark.parametrize("case", range(len(FORMATS)), ids=[f[0] for f in FORMATS])
+def test_mask_equals_reference_on_its_formats(model, processor, case):
+    name, conv, imgs, kw = FORMATS[case]
+    r = compare(model, format_batch(processor, conv, imgs, kw))
+    assert r["differ_extended"] == 0, r
+    if "extension" in name:
+        assert r["reference_crashes"]
+    else:
+        assert r["differ_reference"] == 0, r
+    has_q = conv != "captions" and "assistant" in str(conv) or kw.get("add_generation_prompt")
+    has_img = imgs != [[]] and conv != "captions"
+    assert (r["image_rows_with_lookahead"] > 0) == bool(has_q and has_img), r
+
+
+def test_compare_sees_the_former_mask(model, processor):
+    """Sensitivity: ids that end the segment *before* <|assistant|> (the former behaviour) differ from
+    the reference by one cell per visual token."""
+    import aki_model.fidelity as fid
+
+    _, b = batch_of(processor, seed=1, n=1)
+    orig = fid.model_masks
+
+    def former(m, batch):
+        out = orig(m, batch)
+        ids = batch["input_ids"][0].tolist()
+        n = m.config.num_image_tokens
+        s, a = ids.index(IMG), ids.index(ASSISTANT) + n - 1  # image rows; <|assistant|> once expanded
+        d = out[0].clone()
+        d[s:s + n, a] = False
+        return [d]
+
+    fid.model_masks = former
     try:
-        fn()
+        r = compare(model, b)
     finally:
-        tr.build_mma_mask = orig
-    return seen
+        fid.model_masks = orig
+    assert r["differ_reference"] == model.config.num_image_tokens
 
 
 def eager_logits(model, inp, dense):
@@ -126,51 +150,13 @@ def eager_logits(model, inp, dense):
                             position_ids=inp["position_ids"]).logits
 
 
-# ---------------------------------------------------------------------------------- mask fidelity
-def test_mask_fidelity_single_image(model, processor):
-    _, b = batch_of(processor, seed=1, n=3)
-    with torch.no_grad():
-        masks = captured_masks(model, lambda: model(**b))
-    assert len(masks) == 1, "one MMAMask per forward, shared by the layers"
-    used = masks[0].to_dense()
-    want = aki_dense_mask(b["input_ids"], b["attention_mask"], model.config.num_image_tokens)
-    assert used.shape == want.shape
-    valid = model.build_inputs(b["input_ids"], b["pixel_values"], b["attention_mask"])["attention_mask"].bool()
-    for r in range(used.shape[0]):
-        v = valid[r]
-        assert torch.equal(used[r][v], want[r][v]), f"row {r}: mask differs from the AKI rule"
-        assert not used[r][~v].any(), "padding queries see nothing"
-    # the look-ahead is really there: image rows see the question text after them
-    n = model.config.num_image_tokens
-    s = int((b["input_ids"][0] == IMG).nonzero()[0])
-    assert used[0, s, s + n:s + n + 3].all()
-
-
-def test_mask_fidelity_worked_example_positions(model, processor):
-    """The contract's worked layout: images see their question through <|assistant|>, never the answer."""
-    _, b = batch_of(processor, seed=2, n=1)
-    inp = model.build_inputs(b["input_ids"], b["pixel_values"], b["attention_mask"])
-    mod = inp["modality_ids"][0]
-    img = (mod == 1).nonzero().flatten()
-    ids_x = torch.full_like(mod, -5)
-    ids_x[mod != 1] = b["input_ids"][0][b["input_ids"][0] != IMG]
-    asst = int((ids_x == ASSISTANT).nonzero()[0])
-    with torch.no_grad():
-        dense = captured_masks(model, lambda: model(**b))[0].to_dense()[0]
-    first, last = int(img[0]), int(img[-1])
-    assert dense[first, last + 1:asst + 1].all() and not dense[first, asst + 1:].any()
-    assert not dense[first, first + 1:last + 1].any(), "image -> later image stays causal (policy mma)"
-    assert not dense.triu(1)[asst:].any(), "answer rows are causal"
-
-
 # ---------------------------------------------------------------------- logits vs eager + dense mask
 @pytest.mark.parametrize("images,turns", [(1, 1), (2, 2)])
 def test_logits_equal_eager_with_dense_mask(model, processor, images, turns):
     _, b = batch_of(processor, seed=3, n=2, images=images, turns=turns)
     with torch.no_grad():
         out = model(**b)
-    inp = out.inputs
-    dense = aki_dense_mask(b["input_ids"], b["attention_mask"], model.config.num_image_tokens)
+    dense, inp = oracle_dense(model, b)
     ref = eager_logits(model, inp, dense)
     ours = model.lang_model
     with torch.no_grad():
@@ -206,31 +192,38 @@ def _answer_positions(labels):
     return [int(p) for p in (labels != -100).nonzero().flatten()]
 
 
-@pytest.mark.parametrize("images,turns", [(1, 1), (3, 1), (1, 3), (2, 2)])
-def test_no_leakage_from_later_answer_tokens(model, processor, images, turns):
-    _, b = batch_of(processor, seed=10 + images * 7 + turns, n=1, images=images, turns=turns)
-    ids, lab = b["input_ids"][0], b["labels"][0]
-    ans = _answer_positions(lab)
-    assert len(ans) == 2 * turns  # each answer: one word + <|end|>
-    g = torch.Generator().manual_seed(0)
-    variants = [ids]
-    for p in ans:  # for every answer position: change every later answer token
-        v = ids.clone()
-        later = [q for q in ans if q > p]
-        if not later:
-            continue
-        v[later] = torch.randint(10, 200, (len(later),), generator=g)
-        variants.append(v)
-    B = len(variants)
-    batch = {"input_ids": torch.stack(variants), "attention_mask": b["attention_mask"].expand(B, -1),
-             "pixel_values": b["pixel_values"].expand(B, *b["pixel_values"].shape[1:])}
-    with torch.no_grad():
-        logits = model(**batch).logits
-    for k, p in enumerate([p for p in ans if any(q > p for q in ans)], start=1):
-        torch.testing.assert_close(logits[k, : p + 1], logits[0, : p + 1], atol=0, rtol=0,
-                                   msg=f"answer position {p} sees later answer tokens")
-        later = [q for q in ans if q > p]
-        assert not torch.equal(logits[k, later[-1]], logits[0, later[-1]])  # the change is real
+LABELLED = [k for k, f in enumerate(FORMATS) if not f[3].get("add_generation_prompt")]
+
+
+@pytest.mark.parametrize("case", LABELLED, ids=[FORMATS[k][0] for k in LABELLED])
+def test_no_leakage_in_any_format(model, processor, case):
+    """Changing any answer or caption token (any labelled token) never changes an earlier logit; it
+    does change its own and later ones (the probe is live)."""
+    _, conv, imgs, kw = FORMATS[case]
+    b = format_batch(processor, conv, imgs, kw)
+    words = [processor.tokenizer.convert_tokens_to_ids(w) for w in ("blue", "green")]
+    probed = 0
+    for r in range(b["input_ids"].shape[0]):
+        ids, lab = b["input_ids"][r], b["labels"][r]
+        pos = [int(p) for p in (lab != -100).nonzero().flatten()]
+        assert pos, "every format with an answer has labelled tokens"
+        variants = [ids]
+        for p in pos:
+            v = ids.clone()
+            v[p] = words[0] if int(ids[p]) != words[0] else words[1]
+            variants.append(v)
+        n = len(variants)
+        batch = {"input_ids": torch.stack(variants), "attention_mask": b["attention_mask"][r:r + 1].expand(n, -1)}
+        if "pixel_values" in b:
+            batch["pixel_values"] = b["pixel_values"][r:r + 1].expand(n, *b["pixel_values"].shape[1:])
+        with torch.no_grad():
+            logits = model(**batch).logits
+        for k, p in enumerate(pos, start=1):
+            torch.testing.assert_close(logits[k, :p], logits[0, :p], atol=0, rtol=0,
+                                       msg=f"row {r}: changing labelled token {p} changed an earlier logit")
+            assert not torch.equal(logits[k, p], logits[0, p])
+            probed += 1
+    assert probed >= 3
 
 
 def test_leakage_check_detects_a_leaky_mask(model, processor):
@@ -357,10 +350,116 @@ def test_load_released_aki_layout(model, processor, tmp_path):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_aki_4b_config_shapes():
-    c = AKIConfig.aki_4b()
+ROPE = {"rope_scaling": {"type": "longrope", "short_factor": [1.0 + 0.01 * i for i in range(48)],
+                         "long_factor": [1.0 + 0.5 * i for i in range(48)]}}
+
+
+def resampler_layout(depth, dim=1152, inner=3072, heads=8, dim_head=64, latents=144, ff=4):
+    """Names and shapes of the reference's PerceiverResampler (src/helpers.py) as AKI builds it."""
+    hd = heads * dim_head
+    out = {"latents": (latents, dim), "norm.weight": (dim,), "norm.bias": (dim,),
+           "projection.weight": (inner, dim), "projection.bias": (inner,)}
+    for i in range(depth):
+        a, f = f"layers.{i}.0.", f"layers.{i}.1."
+        out.update({a + "norm_media.weight": (dim,), a + "norm_media.bias": (dim,), a + "norm_latents.weight": (dim,),
+                    a + "norm_latents.bias": (dim,), a + "to_q.weight": (hd, dim), a + "to_kv.weight": (2 * hd, dim),
+                    a + "to_out.weight": (dim, hd), f + "0.weight": (dim,), f + "0.bias": (dim,),
+                    f + "1.weight": (ff * dim, dim), f + "3.weight": (dim, ff * dim)})
+    return out
+
+
+def released_layout(vision_layers, llm_layers, resampler_depth):
+    """Every tensor of the released AKI-4B at the given depths, widths as released: SigLIP so400m
+    vision_model (with its head), the resampler, Phi-3.5-mini with AKI's decoupled embeddings."""
+    H, I, D, V = 1152, 4304, 3072, 32064
+    lay = {"vision_encoder.embeddings.patch_embedding.weight": (H, 3, 14, 14),
+           "vision_encoder.embeddings.patch_embedding.bias": (H,),
+           "vision_encoder.embeddings.position_embedding.weight": (729, H),
+           "vision_encoder.post_layernorm.weight": (H,), "vision_encoder.post_layernorm.bias": (H,),
+           "vision_encoder.head.probe": (1, 1, H), "vision_encoder.head.attention.in_proj_weight": (3 * H, H),
+           "vision_encoder.head.attention.in_proj_bias": (3 * H,),
+           "vision_encoder.head.attention.out_proj.weight": (H, H), "vision_encoder.head.attention.out_proj.bias": (H,),
+           "vision_encoder.head.layernorm.weight": (H,), "vision_encoder.head.layernorm.bias": (H,),
+           "vision_encoder.head.mlp.fc1.weight": (I, H), "vision_encoder.head.mlp.fc1.bias": (I,),
+           "vision_encoder.head.mlp.fc2.weight": (H, I), "vision_encoder.head.mlp.fc2.bias": (H,)}
+    for i in range(vision_layers):
+        e = f"vision_encoder.encoder.layers.{i}."
+        for proj in ("q", "k", "v", "out"):
+            lay.update({e + f"self_attn.{proj}_proj.weight": (H, H), e + f"self_attn.{proj}_proj.bias": (H,)})
+        lay.update({e + "layer_norm1.weight": (H,), e + "layer_norm1.bias": (H,), e + "layer_norm2.weight": (H,),
+                    e + "layer_norm2.bias": (H,), e + "mlp.fc1.weight": (I, H), e + "mlp.fc1.bias": (I,),
+                    e + "mlp.fc2.weight": (H, I), e + "mlp.fc2.bias": (H,)})
+    lay.update({"vision_tokenizer." + k: v for k, v in resampler_layout(resampler_depth).items()})
+    lay.update({"lang_model.model.embed_tokens.weight": (V, D), "lang_model.model.embed_tokens.additional_embedding.weight": (2, D),
+                "lang_model.model.norm.weight": (D,), "lang_model.lm_head.weight": (V, D), "lang_model.lm_head.bias": (V,),
+                "lang_model.lm_head.additional_fc.weight": (2, D), "lang_model.lm_head.additional_fc.bias": (2,)})
+    for i in range(llm_layers):
+        e = f"lang_model.model.layers.{i}."
+        lay.update({e + "self_attn.qkv_proj.weight": (3 * D, D), e + "self_attn.o_proj.weight": (D, D),
+                    e + "mlp.gate_up_proj.weight": (2 * 8192, D), e + "mlp.down_proj.weight": (D, 8192),
+                    e + "input_layernorm.weight": (D,), e + "post_attention_layernorm.weight": (D,)})
+    return lay
+
+
+def test_resampler_matches_the_reference_layout():
+    """All 71 resampler tensors of AKI-4B (depth 6) have the reference's names and shapes (8 heads x 64)."""
+    from aki_model.resampler import PerceiverResampler
+
+    want = resampler_layout(6)
+    assert len(want) == 71
+    with torch.device("meta"):
+        r = PerceiverResampler(dim=1152, dim_inner=3072, depth=6, dim_head=64, heads=8, num_latents=144)
+    assert {k: tuple(v.shape) for k, v in r.state_dict().items()} == want
+
+
+def test_strict_load_of_a_released_width_checkpoint():
+    """A checkpoint with the released names and shapes (depth 1 everywhere, widths as released) loads
+    strictly into AKIConfig.aki_4b; its merged vocabulary keeps every row in place."""
+    from aki_model.weights import load_aki_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+
+    def tensor(shape):  # distinct values per row, no memory for the rest of the row
+        t = torch.randn(shape[0], generator=g).to(torch.bfloat16)
+        return t.view(-1, *[1] * (len(shape) - 1)).expand(shape)
+
+    sd = {k: tensor(v) for k, v in released_layout(1, 1, 1).items()}
+    cfg = AKIConfig.aki_4b(text_config={"num_hidden_layers": 1, **ROPE}, vision_config={"num_hidden_layers": 1},
+                           resampler_depth=1)
+    model = load_aki_checkpoint(sd, cfg)
+    n0 = 32012  # Phi-3.5's 32011 tokens + <pad>: the reference's initial_tokenizer_len
+    emb = model.lang_model.get_input_embeddings().weight
+    head = model.lang_model.get_output_embeddings()
+    assert emb.shape == (32014, 3072) and head.weight.shape == (32014, 3072) and head.bias.shape == (32014,)
+    assert torch.equal(emb[:n0, 0], sd["lang_model.model.embed_tokens.weight"][:n0, 0])
+    assert torch.equal(emb[n0:, 0], sd["lang_model.model.embed_tokens.additional_embedding.weight"][:, 0])
+    assert torch.equal(head.weight[n0:, 0], sd["lang_model.lm_head.additional_fc.weight"][:, 0])
+    assert torch.equal(head.bias, torch.cat([sd["lang_model.lm_head.bias"][:n0], sd["lang_model.lm_head.additional_fc.bias"]]))
+    assert model.vision_tokenizer.layers[0][0].to_q.weight.shape == (512, 1152)
+    assert not any(p.device.type == "meta" for p in model.parameters())
+    assert model.lang_model.config.rope_parameters["rope_type"] == "longrope"
+    # the former resampler shape (16 heads x 96) cannot load the released weights
+    with pytest.raises(ValueError, match="to_q"):
+        load_aki_checkpoint(sd, AKIConfig.from_dict({**cfg.to_dict(), "resampler_heads": 16, "resampler_dim_head": 96}))
+
+
+def test_aki_4b_preset():
+    c = AKIConfig.aki_4b(text_config=ROPE)
     t = c.build_text_config()
     assert (t.num_attention_heads, t.hidden_size // t.num_attention_heads, t.num_hidden_layers) == (32, 96, 32)
+    assert (t.vocab_size, t.bos_token_id, t.eos_token_id, t.max_position_embeddings,
+            t.original_max_position_embeddings) == (32014, 1, 32000, 131072, 4096)
     v = c.build_vision_config()
     assert (v.image_size, v.patch_size, v.hidden_size) == (384, 14, 1152)
-    assert c.num_image_tokens == 144 and c.image_token_id == 32011 and c.assistant_token_id == 32001
+    assert (c.num_image_tokens, c.resampler_heads, c.resampler_dim_head, c.resampler_depth) == (144, 8, 64, 6)
+    assert (c.image_token_id, c.pad_token_id, c.eos_token_id, c.assistant_token_id) == (32012, 32011, 32000, 32001)
+    with pytest.raises(ValueError, match="longrope"):
+        AKIConfig.aki_4b()
+
+
+def test_aki_4b_reads_the_rope_of_a_phi_config(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3", "rope_theta": 10000.0, **ROPE}))
+    c = AKIConfig.aki_4b(phi_config=str(tmp_path))
+    assert c.text_config["rope_scaling"] == ROPE["rope_scaling"] and c.text_config["rope_theta"] == 10000.0
