@@ -1,11 +1,14 @@
 """The AKI paper's MMA-vs-causal comparison in miniature: ``python -m aki_model.experiment --seeds 5``.
 
-Task "count" of `aki_model.data` (2-4 shapes per image, "how many red shapes are there ?"): which
-part of the image matters depends on the question. Regime where the mechanism should matter: a
-shallow LLM (2 layers) and few visual tokens (4). For every seed, the same model, data stream,
-steps and batch are trained twice, with ``attention="mma"`` and ``attention="causal"`` (equal
-compute: the same kernel runs both, only the mask differs). A capacity check trains a larger causal
-model for longer, to show that the task is learnable without MMA.
+Task "select" of `aki_model.data`: two images of one coloured shape each, then "what color is the
+first / second shape ?". Which image must be read depends on the question: under causal attention
+the visual tokens cannot see it and must keep both colours; under MMA they see the question (and
+``<|assistant|>``) and can mark which one is asked. Regime where the mechanism should matter: a
+shallow LLM (2 layers), few visual tokens (4 per image), a short budget (200 steps, where learning
+is under way but not finished). For every seed the same model, data stream, steps and batch are
+trained twice, with ``attention="mma"`` and ``attention="causal"`` (equal compute: the same kernel
+runs both, only the mask differs). A capacity check trains a causal model with more layers, more
+visual tokens and more steps, to show that the task is learnable without MMA.
 
 Writes ``OUT/runs.jsonl`` (one line per run: seed, attention, accuracy, losses, seconds, config),
 ``OUT/summary.json`` (means, standard deviations, versions, date, command) and ``OUT/summary.md``.
@@ -31,13 +34,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m aki_model.experiment", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", type=int, default=5, help="seeds per attention (seed 0..N-1)")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--task", default="select", choices=["select", "count", "presence"])
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--llm-layers", type=int, default=2)
     p.add_argument("--image-tokens", type=int, default=4)
-    p.add_argument("--eval-examples", type=int, default=512)
-    p.add_argument("--capacity-steps", type=int, default=1200, help="steps of the capacity check; 0 skips it")
+    p.add_argument("--eval-examples", type=int, default=256)
+    p.add_argument("--capacity-steps", type=int, default=400, help="steps of the capacity check; 0 skips it")
     p.add_argument("--capacity-layers", type=int, default=4)
     p.add_argument("--capacity-image-tokens", type=int, default=16)
     p.add_argument("--out", default="benchmarks/results/aki", help="where the raw results go")
@@ -56,17 +60,17 @@ def _versions() -> Dict[str, str]:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "git_commit": commit}
 
 
-def question_only_prior(n: int, seed: int) -> float:
+def question_only_prior(task: str, n: int, seed: int) -> float:
     """Accuracy of always giving the most frequent answer (by symmetry over colours, the best
-    answer from the question alone) on ``n`` held-out examples of the eval stream."""
+    answer from the question alone) on the ``n`` held-out examples of the eval stream."""
     from .data import SyntheticShapes
 
-    answers = [e["conversation"][-1]["content"] for e in SyntheticShapes(32, seed=seed, task="count").batch(n)]
+    answers = [e["conversation"][-1]["content"] for e in SyntheticShapes(32, seed=seed, task=task).batch(n)]
     return Counter(answers).most_common(1)[0][1] / n
 
 
 def run_one(attention: str, seed: int, steps: int, layers: int, image_tokens: int, args, tmp: str) -> Dict:
-    argv = ["--task", "count", "--attention", attention, "--seed", str(seed), "--steps", str(steps),
+    argv = ["--task", args.task, "--attention", attention, "--seed", str(seed), "--steps", str(steps),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--llm-layers", str(layers),
             "--image-tokens", str(image_tokens), "--eval-examples", str(args.eval_examples),
             "--no-progress", "--log-every", str(max(1, steps // 4)), "--threads", "1",
@@ -108,16 +112,16 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         "date_utc": started.isoformat(timespec="seconds"),
         "wall_seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
         "versions": _versions(),
-        "task": "count", "regime": {"llm_layers": args.llm_layers, "image_tokens": args.image_tokens,
+        "task": args.task, "regime": {"llm_layers": args.llm_layers, "image_tokens": args.image_tokens,
                                     "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr},
-        "question_only_prior": round(question_only_prior(args.eval_examples, 10_000), 4),
+        "question_only_prior": round(question_only_prior(args.task, args.eval_examples, 10_000), 4),
         "accuracy": {a: _stats(v) for a, v in by.items()},
         "mma_minus_causal_paired": _stats(diffs) if diffs else None,
         "capacity_check": [r for r in runs if r["role"] == "capacity"],
     }
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    lines = [f"# MMA vs causal, task count ({summary['date_utc']})", "",
+    lines = [f"# MMA vs causal, task {args.task} ({summary['date_utc']})", "",
              f"`{summary['command']}`; versions: {summary['versions']}", "",
              f"Regime: {args.llm_layers} LLM layers, {args.image_tokens} visual tokens, {args.steps} steps x batch "
              f"{args.batch_size}, lr {args.lr}; held-out greedy exact match on {args.eval_examples} examples; "
