@@ -64,6 +64,33 @@ def test_synthetic_data_needs_the_image():
     assert far.numel() and (far.mean(0) - torch.tensor(COLORS["blue"], dtype=torch.float)).abs().max() < 30
 
 
+def test_count_and_select_tasks_answer_from_the_picture():
+    """The answers of the 'count'/'presence' scenes are what is drawn: read each quadrant's colour
+    back from the pixels; 'select' shows two images and asks about one of them by its order."""
+    from aki_model.data import COUNT_COLORS, NUMBERS
+
+    palette = torch.tensor([COLORS[c] for c in COUNT_COLORS], dtype=torch.float)
+    for task in ("count", "presence"):
+        for ex in SyntheticShapes(32, seed=3, task=task).batch(12):
+            img = torch.from_numpy(np.asarray(ex["images"][0], dtype=np.float32))
+            seen = []
+            for qy in (0, 16):
+                for qx in (0, 16):
+                    px = img[qy:qy + 16, qx:qx + 16].reshape(-1, 3)
+                    fg = px[(px - 200).abs().max(1).values > 40]
+                    if len(fg) > 10:
+                        seen.append(COUNT_COLORS[int((palette - fg.mean(0)).norm(dim=1).argmin())])
+            asked = ex["conversation"][-2]["content"].split()[-5 if task == "count" else -3]
+            n = seen.count(asked)
+            want = NUMBERS[n] if task == "count" else ("yes" if n else "no")
+            assert 2 <= len(seen) <= 4 and ex["conversation"][-1]["content"] == want, (seen, ex["conversation"])
+    ex = SyntheticShapes(32, seed=4, task="select").example()
+    assert len(ex["images"]) == 2 and ex["conversation"][-2]["content"].count("<image>") == 2
+    assert ex["conversation"][-2]["content"].split()[-3] in ("first", "second")
+    with pytest.raises(ValueError, match="task"):
+        SyntheticShapes(task="nope")
+
+
 def test_training_steps_lower_the_loss():
     torch.manual_seed(0)
     cfg = AKIConfig.tiny(vocab_size=256, freeze_vision_encoder=False)
