@@ -4,7 +4,7 @@
 """
 from .config import AKIConfig
 from .model import AKIModel, AKIOutput
-from .processor import AKIProcessor, preprocess_image
+from .processor import AKIProcessor, prepare_tokenizer, preprocess_image
 from .tokenizer import build_tokenizer
 
-__all__ = ["AKIConfig", "AKIModel", "AKIOutput", "AKIProcessor", "build_tokenizer", "preprocess_image"]
+__all__ = ["AKIConfig", "AKIModel", "AKIOutput", "AKIProcessor", "build_tokenizer", "prepare_tokenizer", "preprocess_image"]

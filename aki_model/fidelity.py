@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -204,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
         import transformers
 
         os.makedirs(args.out, exist_ok=True)
-        meta = {"command": "python -m aki_model.fidelity " + " ".join(argv or []),
+        meta = {"command": " ".join(["python -m aki_model.fidelity"] + list(sys.argv[1:] if argv is None else argv)),
                 "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "versions": {"python": platform.python_version(), "torch": torch.__version__,
                              "transformers": transformers.__version__},
