@@ -16,7 +16,7 @@ IMAGE_PAIRS = {(1, 0)}  # the "mma" policy: image queries look ahead at text key
 
 
 def tiny_config(name: str, **over):
-    base = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    base = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=256, attention_dropout=0.0, tie_word_embeddings=False)
     if name == "llama":
         cfg = transformers.LlamaConfig(**base)

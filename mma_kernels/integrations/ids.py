@@ -72,10 +72,48 @@ def mma_ids_from_input_ids(
 
 
 def _documents_from_positions(position_ids: torch.Tensor) -> Optional[torch.Tensor]:
-    """Packed rows: a document starts wherever position ids do not increase by one."""
+    """Packed rows: document ids [B, L] from position ids.
+
+    - 2D [B, L] (or [1, L]): a document starts wherever the positions do not increase by one;
+    - 4D-style M-RoPE [4, B, L] (transformers >= 5.2x: row 0 is the plain text position): the same on row 0;
+    - 3D M-RoPE [3, B, L] (temporal, height, width): a document starts where all three rows are 0
+      (every sample starts at (0, 0, 0), which no later token of the same sample has).
+    """
+    if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+        position_ids = position_ids[0]
+    if position_ids.dim() == 3:
+        starts = (position_ids == 0).all(dim=0)
+        starts[:, 0] = True
+        return starts.long().cumsum(dim=1) - 1
     first = position_ids[:, :1] - 1
     starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
     return starts.long().cumsum(dim=1)
+
+
+def cut_segments(segment_ids: torch.Tensor, *breaks: Optional[torch.Tensor]) -> torch.Tensor:
+    """Segment ids [B, L] that also start a new segment wherever a bool [B, L] in ``breaks`` is True,
+    or where an int [B, L] in ``breaks`` (e.g. document ids) changes value."""
+    new = torch.zeros_like(segment_ids, dtype=torch.bool)
+    new[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    for b in breaks:
+        if b is None:
+            continue
+        if b.dtype == torch.bool:
+            new |= b.to(new.device)
+        else:
+            b = b.to(new.device)
+            new[:, 1:] |= b[:, 1:] != b[:, :-1]
+    return new.long().cumsum(dim=1)
+
+
+def label_starts(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """bool [B, L]: True at every supervised token (``labels != ignore_index``).
+
+    Starting a new mutual segment at each of them makes MMA leakage-safe for any chat template: an
+    image can see every unsupervised prompt token before an answer, never a supervised one (HF labels
+    are aligned with ``input_ids`` and shifted inside the loss)."""
+    _check_2d_int("labels", labels)
+    return labels != ignore_index
 
 
 def fit_mma_ids(
@@ -118,10 +156,12 @@ def fit_mma_ids(
             if t.shape != mod.shape:
                 raise ValueError(f"{name}: expected shape {tuple(mod.shape)} (as modality_ids), got {tuple(t.shape)}")
     B, L = mod.shape
-    if (document_ids is None and position_ids is not None and attention_mask is None and position_ids.dim() == 2
-            and L == kv_len and position_ids.shape[-1] == kv_len):
+    if (document_ids is None and position_ids is not None and attention_mask is None and L == kv_len
+            and position_ids.shape[-1] == kv_len and position_ids.dim() in (2, 3)):
         # packed rows (e.g. transformers' DataCollatorWithFlattening): documents restart with the positions
-        document_ids = _documents_from_positions(position_ids.expand(B, -1).to(mod.device))
+        pos = position_ids.to(mod.device)
+        pos = pos.expand(B, -1) if pos.dim() == 2 else pos.expand(pos.shape[0], B, -1)
+        document_ids = _documents_from_positions(pos)
     seg = seg.long() if seg is not None else None
     doc = document_ids.long() if document_ids is not None else None
     cut = None
