@@ -4,7 +4,9 @@
 
 For each class: a batch of 2 rows with left padding, real image placeholders and pixel inputs.
 Reference = the same weights with eager attention, whose language model gets the dense additive mask
-written from the contract's rule (helper `rule_mask`, from hand-laid ids, not from the package).
+written from the contract's rule (helper `rule_mask`, from hand-laid ids, not from the package), OR the
+model's own rule from its token_type_ids (Gemma 3 image blocks, PaliGemma prefix), with Gemma 3's sliding
+window (6, shorter than the rows) on its sliding layers.
 Columns: forward+backward with labels ok; generate ok (first-step logits vs the reference); max |logit|
 difference vs the reference over valid positions; max |difference| of the image features vs the native
 model (vision tower untouched); max |logit difference| at image positions between MMA and plain causal
@@ -50,19 +52,52 @@ def batch(name, n_img=1):
     inputs = dict(input_ids=ids, attention_mask=att, **pix)
     if name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         inputs["mm_token_type_ids"] = (ids == tv.IMG).long()
+    if name == "gemma3":  # the processor's token types: 1 on image tokens (bidirectional image blocks)
+        inputs["token_type_ids"] = (mod == 1).long()
+    if name == "paligemma":  # 0 on the prefix (image + prompt through the marker), 1 on the answer
+        inputs["token_type_ids"] = (seg > 0).long()
     return inputs, mod, seg, labels
 
 
-def rule_mask(mod, seg):
-    """bool [B, L, L] straight from the rule: allowed(i, j), query i, key j (policy "mma")."""
+def own_rule(name, inputs):
+    """bool [B, L, L]: the model's own non-causal attention, by hand (None for models without one)."""
+    if name not in ("gemma3", "paligemma"):
+        return None
+    tt, att = inputs["token_type_ids"], inputs["attention_mask"]
+    B, L = tt.shape
+    out = torch.zeros(B, L, L, dtype=torch.bool)
+    for b in range(B):
+        t, v = tt[b].tolist(), att[b].tolist()
+        for i in range(L):
+            for j in range(L):
+                if v[i] and v[j]:  # one image per row here: every image token is in the same block
+                    out[b, i, j] = (t[i] == t[j] == 1) if name == "gemma3" else (t[i] == t[j] == 0)
+    return out
+
+
+def window_of(name):
+    return tv.SLIDING_WINDOW if name == "gemma3" else None
+
+
+def rule_mask(mod, seg, own=None, window=None):
+    """bool [B, L, L] straight from the rule: allowed(i, j), query i, key j (policy "mma"), OR the model's own
+    rule `own`; a sliding `window` cuts the causal part only (i - j < window)."""
     B, L = mod.shape
     out = torch.zeros(B, L, L, dtype=torch.bool)
     for b in range(B):
         m, s = mod[b].tolist(), seg[b].tolist()
         for i in range(L):
             for j in range(L):
-                out[b, i, j] = m[i] != -1 and m[j] != -1 and (j <= i or (s[i] == s[j] and (m[i], m[j]) == (1, 0)))
-    return out
+                causal = j <= i and (window is None or i - j < window)
+                out[b, i, j] = m[i] != -1 and m[j] != -1 and (causal or (s[i] == s[j] and (m[i], m[j]) == (1, 0)))
+    return out if own is None else out | own[:, :L, :L]
+
+
+def reference_masks(name, inputs, mod, seg):
+    """(dense mask of full-attention layers, of sliding layers or None) for the rows in `inputs`."""
+    own = own_rule(name, inputs)
+    w = window_of(name)
+    return rule_mask(mod, seg, own), (rule_mask(mod, seg, own, w) if w else None)
 
 
 def language_model(model):
@@ -75,13 +110,17 @@ def language_model(model):
     raise LookupError(type(model).__name__)
 
 
-def eager_with_dense(model, inputs, allowed, **kw):
-    """Run the eager model with its language model fed the additive 4D mask `allowed`."""
+def eager_with_dense(model, inputs, masks, **kw):
+    """Run the eager model with its language model fed the additive 4D masks (full, sliding or None)."""
     lm = language_model(model)
-    bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
+    full, sliding = masks
+    bias = lambda a: torch.where(a, 0.0, torch.finfo(torch.float32).min)[:, None]  # noqa: E731
 
     def hook(mod, args, kwargs):
-        kwargs["attention_mask"] = bias[..., -kwargs["inputs_embeds"].shape[1]:, :]
+        q = kwargs["inputs_embeds"].shape[1]
+        kwargs["attention_mask"] = (bias(full)[..., -q:, :] if sliding is None else
+                                    {"full_attention": bias(full)[..., -q:, :],
+                                     "sliding_attention": bias(sliding)[..., -q:, :]})
         return args, kwargs
 
     h = lm.register_forward_pre_hook(hook, with_kwargs=True)
@@ -126,11 +165,12 @@ def check(name):
                                        if k != text_key)
     with torch.no_grad():
         row["vision diff"] = (image_features(mma, inputs) - image_features(eager, inputs)).abs().max().item()
-        ref = eager_with_dense(eager, inputs, rule_mask(mod, seg)).logits
+        ref = eager_with_dense(eager, inputs, reference_masks(name, inputs, mod, seg)).logits
         got = mma(**inputs).logits
         row["max logit diff"] = (got[valid] - ref[valid]).abs().max().item()
-        causal = mma(**inputs, modality_ids=mod.clamp(min=0) * 0).logits
-        row["mma effect"] = (got[mod == 1] - causal[mod == 1]).abs().max().item()
+        plain = {k: v for k, v in inputs.items() if not (name == "paligemma" and k == "token_type_ids")}
+        causal = mma(**plain, modality_ids=torch.zeros_like(mod)).logits  # (PaliGemma's prefix covers MMA)
+        row["mma effect"] = (mma(**plain).logits[mod == 1] - causal[mod == 1]).abs().max().item()
     mma.train()
     out = mma(**inputs, labels=labels)
     out.loss.backward()
@@ -139,15 +179,20 @@ def check(name):
     mma.eval()
     # generate: prompt = rows up to and including ANS; first-step logits vs the reference
     cut = inputs["input_ids"].shape[1] - 3
-    gin = {k: (v[:, :cut] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-           for k, v in inputs.items()}
+    gin = prompt(inputs, cut)
     with torch.no_grad():
         g = mma.generate(**gin, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
                          return_dict_in_generate=True, pad_token_id=0)
-        ref_first = eager_with_dense(eager, gin, rule_mask(mod[:, :cut], seg[:, :cut])).logits[:, -1]
+        ref_first = eager_with_dense(eager, gin, reference_masks(name, gin, mod[:, :cut], seg[:, :cut])).logits[:, -1]
     row["generate first-step diff"] = (g.logits[0] - ref_first).abs().max().item()
     row["generate ok"] = g.sequences.shape[1] == cut + 3 and row["generate first-step diff"] < 1e-4
     return row
+
+
+def prompt(inputs, cut):
+    """The first `cut` positions of the per-token inputs (a generation prompt)."""
+    per_token = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+    return {k: (v[:, :cut] if k in per_token else v) for k, v in inputs.items()}
 
 
 def _subs(cfg):

@@ -28,7 +28,7 @@ def _prompt(L, n_img=5, img_at=2, ans_at=None, seed=0):
     return ids, mod, seg
 
 
-def _reference(eager, ids, mod, seg, new_tokens):
+def _reference(eager, ids, mod, seg, new_tokens, window=None):
     """Greedy decoding by hand with the eager model and the dense mask, re-running the whole sequence each step.
     Returns (new tokens [1, n], logits of each step [n, 1, V])."""
     out, steps = ids, []
@@ -37,7 +37,7 @@ def _reference(eager, ids, mod, seg, new_tokens):
         m = torch.cat([mod, torch.zeros(1, n, dtype=torch.long)], 1)
         s = torch.cat([seg, seg.max() + 1 + torch.arange(n)[None]], 1)
         with torch.no_grad():
-            logits = eager(out, attention_mask=additive(dense_allowed(m, s))).logits[:, -1]
+            logits = eager(out, attention_mask=additive(dense_allowed(m, s, window=window))).logits[:, -1]
         steps.append(logits)
         out = torch.cat([out, logits.argmax(-1, keepdim=True)], 1)
     return out[:, ids.shape[1]:], torch.stack(steps)
@@ -122,11 +122,12 @@ def test_manual_cache_continuation():
         mma(nxt, past_key_values=out.past_key_values, use_cache=True)
 
 
-def test_sliding_window_cache_in_generate_is_rejected_clearly():
-    """Mistral with a window shorter than prompt + new tokens: its sliding cache drops keys; never silently."""
-    _, mma = model_pair("mistral", sliding_window=12)
+def test_sliding_window_cache_in_generate():
+    """Mistral, window 12 < prompt + new tokens: transformers' sliding cache drops keys; the mask follows it."""
+    eager, mma = model_pair("mistral", sliding_window=12)
     apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
-    ids, _, _ = _prompt(10)
-    mma.generate(ids, max_new_tokens=2, do_sample=False)  # inside the window: fine
-    with pytest.raises(ValueError, match=r"kv_offset=1, a sliding-window cache past its window\) is not supported"):
-        mma.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    ids, mod, seg = _prompt(10)
+    ref, ref_logits = _reference(eager, ids, mod, seg, 6, window=12)
+    got, logits = _generate(mma, ids, 6)
+    assert got.tolist() == ref.tolist()
+    torch.testing.assert_close(logits, ref_logits, **TOL)

@@ -128,12 +128,17 @@ def test_training_curve_and_gradient_checkpointing(name):
 
 
 # ----------------------------------------------------------------------------------------- rejections
-def test_sliding_window_shorter_than_sequence_is_rejected():
-    _, mma = model_pair("mistral", sliding_window=8)
-    ids, att, mod, seg, pos, _ = _inputs(16)
-    with pytest.raises(ValueError, match=r"sliding window.*MistralAttention \(mistral\)"):
-        mma(ids, modality_ids=mod, segment_ids=seg)
-    mma(ids[:, :8], modality_ids=mod[:, :8].clamp(min=0))  # within the window: fine
+def test_sliding_window_shorter_than_sequence_matches_eager_dense():
+    """Mistral, window 8 < 24 tokens: the causal part is cut at the window, look-ahead is not (the contract)."""
+    eager, mma = model_pair("mistral", sliding_window=8)
+    apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
+    ids, att, mod, seg, pos, labels = _inputs(24)
+    ref = eager(ids, attention_mask=additive(dense_allowed(mod, seg, window=8)), position_ids=pos).logits
+    out = mma(ids, attention_mask=att, position_ids=pos).logits
+    valid = att.bool()
+    torch.testing.assert_close(out[valid], ref[valid], **TOL)
+    no_window = eager(ids, attention_mask=additive(dense_allowed(mod, seg)), position_ids=pos).logits
+    assert (no_window[valid] - ref[valid]).abs().max() > 1e-3  # the window matters at this length
 
 
 def test_dropout_in_training_is_rejected():

@@ -42,7 +42,7 @@ def test_vlm_class(name):
     # the expected layout, by hand: segment 0 through the answer marker, then one segment per answer token
     assert seg[0].tolist()[-4:] == [0, 1, 2, 3] and mod[1, :3].tolist() == [-1, -1, -1]
     valid = inputs["attention_mask"].bool()
-    allowed = cv.rule_mask(mod, seg)
+    masks = cv.reference_masks(name, inputs, mod, seg)
     # only the language model runs "mma"; every other sub-model keeps its implementation
     text = mma.config.get_text_config()
     for k, c in sub_configs(mma.config):
@@ -50,13 +50,16 @@ def test_vlm_class(name):
     with torch.no_grad():
         # vision tower untouched: the image features are exactly the native model's
         assert torch.equal(cv.image_features(mma, inputs), cv.image_features(eager, inputs))
-        ref = cv.eager_with_dense(eager, inputs, allowed, labels=labels)
+        ref = cv.eager_with_dense(eager, inputs, masks, labels=labels)
         got = mma(**inputs, labels=labels)
         torch.testing.assert_close(got.logits[valid], ref.logits[valid], **TOL)
         torch.testing.assert_close(got.loss, ref.loss, atol=1e-5, rtol=0)
-        # MMA visibly active at image positions: plain causal attention gives other logits there
-        causal = mma(**inputs, modality_ids=torch.zeros_like(mod)).logits
-        assert (got.logits[mod == 1] - causal[mod == 1]).abs().max() > 1e-3
+        # MMA visibly active at image positions: plain causal attention gives other logits there (PaliGemma's
+        # prefix already covers MMA's look-ahead, so compare without its token_type_ids)
+        plain = {k: v for k, v in inputs.items() if not (name == "paligemma" and k == "token_type_ids")}
+        mma_logits = mma(**plain).logits
+        causal = mma(**plain, modality_ids=torch.zeros_like(mod)).logits
+        assert (mma_logits[mod == 1] - causal[mod == 1]).abs().max() > 1e-3
     # forward with labels + backward (training mode: labels give the segments)
     mma.train()
     loss = mma(**inputs, labels=labels).loss
@@ -67,11 +70,11 @@ def test_vlm_class(name):
     mma.eval()
     # generate: prompt = rows through the answer marker; first-step logits in full vs the reference
     cut = inputs["input_ids"].shape[1] - 3
-    gin = {k: (v[:, :cut] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v) for k, v in inputs.items()}
+    gin = cv.prompt(inputs, cut)
     with torch.no_grad():
         g = mma.generate(**gin, max_new_tokens=2, min_new_tokens=2, do_sample=False, output_logits=True,
                          return_dict_in_generate=True, pad_token_id=0)
-        ref_first = cv.eager_with_dense(eager, gin, cv.rule_mask(mod[:, :cut], seg[:, :cut])).logits[:, -1]
+        ref_first = cv.eager_with_dense(eager, gin, cv.reference_masks(name, gin, mod[:, :cut], seg[:, :cut])).logits[:, -1]
     torch.testing.assert_close(g.logits[0], ref_first, **TOL)
     assert g.sequences.shape == (2, cut + 2)
 
@@ -162,7 +165,7 @@ def test_string_mma_on_a_vlm_refuses_the_vision_tower_and_missing_ids():
         glue.mma_attention_forward(layer, q, kv, kv, torch.zeros(1, 1, 5, 5))
     spec = glue.MMAMaskSpec(1, 5, 5, None)
     spec.mask = glue.build_mma_mask(7, torch.zeros(1, 7, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"covers 7 positions, but layer LlamaAttention \(llama\) has 5 keys"):
+    with pytest.raises(ValueError, match=r"layer LlamaAttention \(llama\) has 5 keys but the mask covers 7 positions"):
         glue.mma_attention_forward(layer, q, kv, kv, spec)
 
 
@@ -178,12 +181,14 @@ def test_unsupported_features_named_per_sub_config():
 
 
 @pytest.mark.parametrize("name", ["gemma3", "paligemma"])
-def test_own_rule_is_never_dropped(name):
-    """Gemma 3 image blocks / PaliGemma prefix (token_type_ids): composing them needs group_ids (not yet)."""
+def test_own_rule_is_kept(name):
+    """The model's own rule (token_type_ids) is part of the result: without it the logits differ."""
     _, mma, _ = pair(name)
-    inputs, mod, *_ = cv.batch(name)
-    tt = (mod == 1).long() if name == "gemma3" else (mod == 1).long() * 0  # PaliGemma: prefix = 0
-    with pytest.raises(ValueError, match=r"has its own attention rule, .*never drops a model's own rule"):
-        mma(**inputs, token_type_ids=tt)
-    with pytest.raises(ValueError, match=r"has its own attention rule"):
-        mma.generate(**inputs, token_type_ids=tt, max_new_tokens=1)
+    inputs, *_ = cv.batch(name)
+    own = cv.own_rule(name, inputs)
+    assert own.sum() > 0
+    with torch.no_grad():
+        with_rule = mma(**inputs).logits
+        without = mma(**{k: v for k, v in inputs.items() if k != "token_type_ids"}).logits
+    rows = own.any(-1) & inputs["attention_mask"].bool()
+    assert (with_rule[rows] - without[rows]).abs().max() > 1e-3

@@ -125,6 +125,7 @@ def fit_mma_ids(
     position_ids: Optional[torch.Tensor] = None,
     batch_size: Optional[int] = None,
     device: Optional[torch.device] = None,
+    group_ids: Optional[torch.Tensor] = None,
 ):
     """Fit user ids (over the prompt or the whole sequence) to the ``kv_len`` keys of one forward pass.
 
@@ -132,13 +133,14 @@ def fit_mma_ids(
       chunks so far): cut to ``kv_len``; a mutual segment split by the cut is an error, since its
       earlier queries could never see the later keys.
     - ids shorter than ``kv_len`` (``generate`` decoding: the ids cover the prompt): the extra
-      positions are generated text, plain causal (modality 0, one segment each, last document).
+      positions are generated text, plain causal (modality 0, one segment and one group each, last
+      document).
     - no ``modality_ids``: all text (causal).
     - no ``document_ids``: documents from packed ``position_ids`` (a new one wherever the positions do
       not go up by one), when no cache and no padding mask is in play, as transformers does for
       flash attention.
     - ``attention_mask`` (2D, 0 = padding, covering the keys) marks padding as modality -1.
-    Returns (modality_ids, segment_ids, document_ids, split_check) with the first three [B, kv_len].
+    Returns (modality_ids, segment_ids, document_ids, split_check, group_ids) with the ids [B, kv_len].
     """
     if modality_ids is None:
         if batch_size is None:
@@ -150,7 +152,7 @@ def fit_mma_ids(
         mod, seg = modality_ids.long(), segment_ids
         if batch_size is not None and mod.shape[0] != batch_size:
             raise ValueError(f"modality_ids: batch size {mod.shape[0]} differs from the inputs' {batch_size}")
-    for name, t in (("segment_ids", seg), ("document_ids", document_ids)):
+    for name, t in (("segment_ids", seg), ("document_ids", document_ids), ("group_ids", group_ids)):
         if t is not None:
             _check_2d_int(name, t)
             if t.shape != mod.shape:
@@ -164,12 +166,14 @@ def fit_mma_ids(
         document_ids = _documents_from_positions(pos)
     seg = seg.long() if seg is not None else None
     doc = document_ids.long() if document_ids is not None else None
+    grp = group_ids.long() if group_ids is not None else None
     cut = None
     if L > kv_len:
-        cut = (mod, seg, doc)
+        cut = (mod, seg, doc, grp)
         mod = mod[:, :kv_len]
         seg = seg[:, :kv_len] if seg is not None else None
         doc = doc[:, :kv_len] if doc is not None else None
+        grp = grp[:, :kv_len] if grp is not None else None
     elif L < kv_len:
         n = kv_len - L
         ar = torch.arange(1, n + 1, device=mod.device).expand(B, n)
@@ -178,13 +182,15 @@ def fit_mma_ids(
             seg = torch.cat([seg, seg.max(dim=1, keepdim=True).values + ar], dim=1)
         if doc is not None:
             doc = torch.cat([doc, doc[:, -1:].expand(B, n)], dim=1)
+        if grp is not None:
+            grp = torch.cat([grp, grp.max(dim=1, keepdim=True).values + ar], dim=1)
     if attention_mask is not None:
         if attention_mask.dim() != 2 or attention_mask.shape[0] != B:
             raise ValueError(f"attention_mask: expected a 2D [B, L] padding mask, got shape {tuple(attention_mask.shape)}")
         am = attention_mask[:, -kv_len:] if attention_mask.shape[1] >= kv_len else torch.cat(
             [attention_mask, attention_mask.new_ones(B, kv_len - attention_mask.shape[1])], dim=1)
         mod = torch.where(am.to(mod.device).bool(), mod, -1)
-    return mod, seg, doc, cut
+    return mod, seg, doc, cut, grp
 
 
 def build_mma_mask(
@@ -197,25 +203,46 @@ def build_mma_mask(
     policy="mma",
     batch_size: Optional[int] = None,
     device: Optional[torch.device] = None,
+    group_ids: Optional[torch.Tensor] = None,
+    group_policy="bidirectional_image",
 ) -> MMAMask:
     """The `MMAMask` for one forward pass over ``kv_len`` keys (see `fit_mma_ids`). Build it once
     outside a compiled region and pass it as ``mma_mask=`` to a patched model for graph-break-free
-    ``torch.compile``."""
-    mod, seg, doc, cut = fit_mma_ids(kv_len, modality_ids, segment_ids, document_ids, attention_mask,
-                                     position_ids, batch_size, device)
+    ``torch.compile``. ``group_ids``/``group_policy``: the second mutual level (a model's own rule,
+    see `MMAMask`)."""
+    mod, seg, doc, cut, grp = fit_mma_ids(kv_len, modality_ids, segment_ids, document_ids, attention_mask,
+                                          position_ids, batch_size, device, group_ids)
     if device is not None:
         mod = mod.to(device)
         seg = seg.to(device) if seg is not None else None
         doc = doc.to(device) if doc is not None else None
+        grp = grp.to(device) if grp is not None else None
+    gkw = {} if grp is None else dict(group_ids=grp, group_policy=group_policy)
     if cut is not None:
-        full = MMAMask(cut[0], cut[1], cut[2], policy=policy)
+        full = MMAMask(cut[0], cut[1], cut[2], policy=policy,
+                       **({} if cut[3] is None else dict(group_ids=cut[3], group_policy=group_policy)))
         hi = full.meta[:, KV_HI, :kv_len]
         bad = (hi >= kv_len).nonzero()
         if bad.numel():
             b, i = int(bad[0, 0]), int(bad[0, 1])
             raise ValueError(
-                f"chunked prefill: the chunk ends at position {kv_len}, inside a mutual segment "
+                f"chunked prefill: the chunk ends at position {kv_len}, inside a mutual segment or group "
                 f"(batch row {b}: the token at position {i} may see keys up to position {int(hi[b, i])}); "
                 f"split chunks at segment boundaries (e.g. a larger prefill_chunk_size)"
             )
-    return MMAMask(mod, seg, doc, policy=policy)
+    return MMAMask(mod, seg, doc, policy=policy, **gkw)
+
+
+def group_ids_from_token_type_ids(token_type_ids: torch.Tensor, rule: str) -> torch.Tensor:
+    """Group ids [B, L] for a model's own rule, from its ``token_type_ids``.
+
+    - ``"image_blocks"`` (Gemma 3): each contiguous run of ``token_type_ids == 1`` (one image) is a group;
+    - ``"prefix"`` (PaliGemma): the ``token_type_ids == 0`` prefix is one group.
+    Every other token is its own group (the level then adds nothing for it)."""
+    _check_2d_int("token_type_ids", token_type_ids)
+    inside = (token_type_ids == 1) if rule == "image_blocks" else (token_type_ids == 0)
+    if rule not in ("image_blocks", "prefix"):
+        raise ValueError(f"rule: expected 'image_blocks' or 'prefix', got {rule!r}")
+    cont = torch.zeros_like(inside)
+    cont[:, 1:] = inside[:, 1:] & inside[:, :-1]  # continues the previous token's group
+    return (~cont).long().cumsum(dim=1)

@@ -24,10 +24,12 @@ from ..attention import _pick_backend
 from ..mask import MMAMask
 from ..validation import resolve_scale
 from .families import default_media_tokens, family_of, sub_configs, text_config_key
-from .ids import _token_set, build_mma_mask, cut_segments, label_starts, mma_ids_from_input_ids
+from .ids import (_token_set, build_mma_mask, cut_segments, fit_mma_ids, group_ids_from_token_type_ids, label_starts,
+                  mma_ids_from_input_ids)
 
 NAME = "mma"
-_ID_KEYS = ("modality_ids", "segment_ids", "document_ids")
+_ID_KEYS = ("modality_ids", "segment_ids", "document_ids", "group_ids")
+_GROUP_POLICY = {"image_blocks": "bidirectional_image", "prefix": "prefix"}
 
 
 class MMAMaskSpec:
@@ -56,6 +58,7 @@ class _State:
 
     def __init__(self, backend="auto", own_rule=None):
         self.mask: Optional[MMAMask] = None
+        self.build_args: Optional[dict] = None  # what built `mask`: re-fitted for caches holding fewer keys
         self.backend, self.own_rule = backend, own_rule
 
 
@@ -83,15 +86,13 @@ def mma_mask_interface(batch_size, q_length=None, kv_length=None, q_offset=None,
     if q_offset is None:
         q_offset = cache_position[0] if cache_position is not None else kv_length - q_length
     q_offset, kv_offset = _as_int(q_offset), _as_int(kv_offset)
-    if isinstance(kv_offset, int) and kv_offset != 0:
-        raise ValueError(f"attn_implementation='mma': a cache that drops old keys (kv_offset={kv_offset}, a "
-                         f"sliding-window cache past its window) is not supported; use a DynamicCache on a model "
-                         f"whose sliding windows cover the sequence")
-    if isinstance(q_offset, int) and q_offset + q_length != kv_length:
+    # a sliding-window cache past its window holds only the last keys (kv_offset > 0): the attention
+    # function fits the mask to them; queries must still be the last keys the layer holds
+    if isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset + q_length != kv_offset + kv_length:
         raise ValueError(
-            f"attn_implementation='mma': queries must be the last keys (q_offset + q_length == kv_length), got "
-            f"q_offset={q_offset}, q_length={q_length}, kv_length={kv_length}; a StaticCache or other "
-            f"pre-allocated cache is not supported, use a DynamicCache"
+            f"attn_implementation='mma': queries must be the last keys (q_offset + q_length == kv_offset + "
+            f"kv_length), got q_offset={q_offset}, q_length={q_length}, kv_offset={kv_offset}, "
+            f"kv_length={kv_length}; a StaticCache or other pre-allocated cache is not supported, use a DynamicCache"
         )
     if attention_mask is not None and attention_mask.dim() == 2:
         attention_mask = attention_mask[:, :kv_length]
@@ -119,12 +120,6 @@ def check_supported(module, dropout: float = 0.0, kv_len: Optional[int] = None, 
                          f"supported by the MMA kernel, model {name}")
     if kwargs.get("s_aux", None) is not None or kwargs.get("sinks", None) is not None:
         raise ValueError(f"attn_implementation='mma': attention sinks are not supported, model {name}")
-    window = kwargs.get("sliding_window", None)
-    if window is None:
-        window = getattr(module, "sliding_window", None)
-    if window is not None and kv_len is not None and kv_len > window:
-        raise ValueError(f"attn_implementation='mma': sliding window attention (sliding_window={window}) shorter "
-                         f"than the sequence ({kv_len} keys) is not supported by the MMA kernel, model {name}")
     if dropout and dropout > 0:
         raise ValueError(f"attn_implementation='mma': attention dropout (dropout={dropout}) is not supported by "
                          f"the MMA kernel, model {name}; set the config's attention_dropout to 0")
@@ -172,19 +167,52 @@ def mma_attention_forward(module, query, key, value, attention_mask, dropout: fl
     """`AttentionInterface` entry for ``"mma"``: q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] -> ([B, Lq, Hq, D], None)."""
     B, Lk = key.shape[0], key.shape[2]
     check_supported(module, dropout, Lk, **kwargs)
+    window = kwargs.get("sliding_window", None)
+    if window is None:
+        window = getattr(module, "sliding_window", None)
+    state = getattr(module, "_mma_state", None)
     mask = _get_mask(module, attention_mask, Lk, B, query.device, kwargs)
     if mask.seq_len != Lk:
-        raise ValueError(f"mma_mask: covers {mask.seq_len} positions, but layer {_model_name(module)} has {Lk} keys "
-                         f"(a cache that keeps fewer keys than the sequence, e.g. a sliding-window cache, is not "
-                         f"supported)")
+        mask = _tail_mask(module, mask, state, attention_mask, Lk, query.shape[2], window)
     from ..ops.library import mma_attention_op
     from ..validation import check_attention_inputs
 
-    check_attention_inputs(query, key, value, mask, scaling)
-    state = getattr(module, "_mma_state", None)
+    check_attention_inputs(query, key, value, mask, scaling, window=window)
+    window = mask.effective_window(window)
+    win = mask.window_fields(window) if window is not None else None
     backend = _pick_backend(kwargs.get("mma_backend", None) or (state.backend if state else "auto"), query.device)
-    out, _ = mma_attention_op(query, key, value, mask, resolve_scale(scaling, query.shape[-1]), backend)
+    out, _ = mma_attention_op(query, key, value, mask, resolve_scale(scaling, query.shape[-1]), backend, win, window)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _tail_mask(module, mask, state, spec, Lk, q_len, window):
+    """A layer whose cache holds only the last ``Lk`` keys (a sliding-window cache past its window): the mask
+    over those keys, exact when no query may see a dropped key (checked), else a clear error."""
+    N = mask.seq_len
+    where = f"layer {_model_name(module)} has {Lk} keys but the mask covers {N} positions"
+    if Lk > N or window is None or state is None or state.build_args is None:
+        raise ValueError(f"mma_mask: {where} (a cache that keeps fewer keys than the sequence is only supported for "
+                         f"sliding-window layers of a model patched with apply_mma)")
+    cache = spec.__dict__.setdefault("_tails", {}) if isinstance(spec, MMAMaskSpec) else {}
+    if Lk in cache:
+        return cache[Lk]
+    from ..mask import MMAMask, WIN_KV_LO
+
+    off = N - Lk
+    lo = mask.window_fields(mask.effective_window(window) or N)[:, WIN_KV_LO, N - q_len:]
+    if bool((lo < off).any()):
+        raise ValueError(f"mma_mask: {where}: a query of this step may see a key the sliding-window cache dropped "
+                         f"(a group or segment reaching back beyond the window); use a DynamicCache without sliding "
+                         f"layers (e.g. cache_implementation='dynamic_full') or a shorter prompt")
+    a = state.build_args
+    mod, seg, doc, _, grp = fit_mma_ids(N, a["modality_ids"], a["segment_ids"], a["document_ids"],
+                                        a["attention_mask"], a["position_ids"], a["batch_size"], a["device"],
+                                        a["group_ids"])
+    sl = (lambda t: None if t is None else t[:, off:].to(mask.device))  # noqa: E731
+    gkw = {} if grp is None else dict(group_ids=sl(grp), group_policy=a["group_policy"])
+    tail = MMAMask(sl(mod), sl(seg), sl(doc), policy=a["policy"], **gkw)
+    cache[Lk] = tail
+    return tail
 
 
 _registered = False
@@ -361,15 +389,12 @@ def _derive(model, input_ids, labels=None, document_ids=None):
     return mod, seg
 
 
-def _check_own_rule(model, kw):
+def _own_groups(model, kw, group_ids):
+    """Group ids for the model's own rule (Gemma 3 image blocks, PaliGemma prefix) from token_type_ids."""
     rule = model._mma_config["own_rule"]
-    if rule is not None and kw.get("token_type_ids", None) is not None:
-        what = {"image_blocks": "bidirectional attention inside each image (token_type_ids)",
-                "prefix": "prefix-LM attention over the prefix (token_type_ids == 0)"}[rule]
-        raise ValueError(f"apply_mma: {type(model).__name__} ({model.config.model_type}) has its own attention rule, "
-                         f"{what}; composing it with MMA needs group_ids support in the MMA kernel, which this "
-                         f"version lacks. apply_mma never drops a model's own rule: call without token_type_ids only "
-                         f"if the model should run causal + MMA")
+    if group_ids is not None or rule is None or kw.get("token_type_ids", None) is None:
+        return group_ids
+    return group_ids_from_token_type_ids(kw["token_type_ids"], rule)
 
 
 def _wrap(model, state):
@@ -378,7 +403,7 @@ def _wrap(model, state):
     fsig, fnames = _positional_names(orig_forward)
     _, gnames = _positional_names(orig_generate)
 
-    def _mask_for(kw, modality_ids, segment_ids, document_ids):
+    def _mask_for(kw, modality_ids, segment_ids, document_ids, group_ids):
         c = model._mma_config
         att = kw.get("attention_mask", None)
         if att is not None and not (isinstance(att, torch.Tensor) and att.dim() == 2):
@@ -392,9 +417,10 @@ def _wrap(model, state):
             raise ValueError("input_ids or inputs_embeds: one is required")
         B, q_len = x.shape[0], x.shape[1]
         past_len = _past_length(kw.get("past_key_values", None))
+        if past_len == 0:
+            group_ids = _own_groups(model, kw, group_ids)
         if modality_ids is None:
             if past_len == 0 and input_ids is not None:
-                _check_own_rule(model, kw)
                 modality_ids, seg = _derive(model, input_ids, kw.get("labels", None), document_ids)
                 segment_ids = seg if segment_ids is None else segment_ids
             elif c["image_token_id"] is not None:
@@ -403,17 +429,23 @@ def _wrap(model, state):
                 raise ValueError(f"apply_mma: {what}: image positions cannot be found. Pass modality_ids (and "
                                  f"segment_ids) covering the whole sequence, e.g. from "
                                  f"mma_kernels.mma_ids_from_input_ids(input_ids, ...); generate() does it for you")
-        elif past_len == 0:
-            _check_own_rule(model, kw)
-        return build_mma_mask(past_len + q_len, modality_ids, segment_ids, document_ids,
-                              attention_mask=att, position_ids=kw.get("position_ids", None), policy=c["policy"],
-                              batch_size=B, device=x.device)
+        args = dict(modality_ids=modality_ids, segment_ids=segment_ids, document_ids=document_ids,
+                    attention_mask=att, position_ids=kw.get("position_ids", None), batch_size=B, device=x.device,
+                    group_ids=group_ids, policy=c["policy"],
+                    group_policy=_GROUP_POLICY.get(c["own_rule"], "bidirectional_image"))
+        state.build_args = args
+        kv = dict(args)
+        if group_ids is None:  # no second level: leave the group arguments out
+            kv.pop("group_ids"), kv.pop("group_policy")
+        return build_mma_mask(past_len + q_len, **kv)
 
     @functools.wraps(orig_forward)
-    def forward(*args, modality_ids=None, segment_ids=None, document_ids=None, mma_mask=None, **kwargs):
+    def forward(*args, modality_ids=None, segment_ids=None, document_ids=None, group_ids=None, mma_mask=None,
+                **kwargs):
         kw = _by_keyword("forward", fnames, args, kwargs)
+        state.build_args = None
         if mma_mask is None:
-            mma_mask = _mask_for(kw, modality_ids, segment_ids, document_ids)
+            mma_mask = _mask_for(kw, modality_ids, segment_ids, document_ids, group_ids)
         elif not isinstance(mma_mask, MMAMask):
             raise TypeError(f"mma_mask: expected an MMAMask, got {type(mma_mask).__name__}")
         state.mask = mma_mask
@@ -430,17 +462,18 @@ def _wrap(model, state):
     forward.__signature__ = fsig.replace(parameters=params + extra + var_kw)
 
     @functools.wraps(orig_generate)
-    def generate(*args, modality_ids=None, segment_ids=None, document_ids=None, **kwargs):
+    def generate(*args, modality_ids=None, segment_ids=None, document_ids=None, group_ids=None, **kwargs):
         kw = _by_keyword("generate", gnames, args, kwargs)
         input_ids = kw.get("inputs", None)
         if input_ids is None:
             input_ids = kw.get("input_ids", None)
+        group_ids = _own_groups(model, kw, group_ids)  # over the prompt; decoding steps get their own groups
         if modality_ids is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
             if model._mma_config["image_token_id"] is not None:
-                _check_own_rule(model, kw)
                 modality_ids, seg = _derive(model, input_ids, None, document_ids)
                 segment_ids = seg if segment_ids is None else segment_ids
-        for n, t in (("modality_ids", modality_ids), ("segment_ids", segment_ids), ("document_ids", document_ids)):
+        for n, t in (("modality_ids", modality_ids), ("segment_ids", segment_ids), ("document_ids", document_ids),
+                     ("group_ids", group_ids)):
             if t is not None:
                 kw[n] = t
         return orig_generate(**kw)
