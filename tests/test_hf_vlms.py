@@ -47,6 +47,17 @@ def test_vlm_class(name):
     text = mma.config.get_text_config()
     for k, c in sub_configs(mma.config):
         assert c._attn_implementation == ("mma" if c is text else before[k]), k
+    # nothing the package adds to the kwargs reaches any module outside the language model
+    lm = cv.language_model(mma)
+    inside = {id(m) for m in lm.modules()}
+    seen = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, a, kw: seen.update(kw), with_kwargs=True)
+             for m in mma.modules() if id(m) not in inside and m is not mma]
+    with torch.no_grad():
+        mma(**inputs)
+    for h in hooks:
+        h.remove()
+    assert not seen & {"modality_ids", "segment_ids", "document_ids", "group_ids", "mma_mask", "mma_backend"}
     with torch.no_grad():
         # vision tower untouched: the image features are exactly the native model's
         assert torch.equal(cv.image_features(mma, inputs), cv.image_features(eager, inputs))
@@ -192,3 +203,41 @@ def test_own_rule_is_kept(name):
         without = mma(**{k: v for k, v in inputs.items() if k != "token_type_ids"}).logits
     rows = own.any(-1) & inputs["attention_mask"].bool()
     assert (with_rule[rows] - without[rows]).abs().max() > 1e-3
+
+
+def test_defaults_from_config_and_tokenizer_and_positional_input_ids():
+    _, q, _ = pair("qwen2_vl")
+    assert q._mma_config["image_token_id"] == (tv.IMG, tv.VID)  # image and video placeholders from the config
+
+    class Tok:  # what apply_mma asks a tokenizer: the family's turn marker
+        unk_token_id = 0
+
+        def convert_tokens_to_ids(self, tok):
+            return {"<|im_start|>": 117}.get(tok, 0)
+
+    m = apply_mma(tv.make_model("internvl"), tokenizer=Tok())
+    assert m._mma_config["turn_token_id"] == 117 and m._mma_config["answer_token_id"] is None
+    # keyword-only wrapper: input_ids by position, everything else by name (LLaVA's 2nd parameter is pixel_values)
+    eager, mma, _ = pair("llava")
+    inputs, *_ = cv.batch("llava")
+    with torch.no_grad():
+        a = mma(inputs["input_ids"], pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
+        b = mma(**inputs)
+    torch.testing.assert_close(a.logits, b.logits, atol=0, rtol=0)
+    with pytest.raises(TypeError, match=r"got multiple values for argument 'input_ids'"):
+        mma(inputs["input_ids"], input_ids=inputs["input_ids"])
+
+
+def test_documents_from_mrope_positions():
+    from mma_kernels.integrations.ids import _documents_from_positions
+
+    # 3D [3, B, L]: two samples, each starting at (0, 0, 0); the image (t constant, h/w vary) is not a restart
+    t = [0, 1, 2, 2, 2, 2, 4, 0, 1, 1, 1, 1, 3]
+    h = [0, 1, 2, 2, 3, 3, 4, 0, 1, 1, 2, 2, 3]
+    w = [0, 1, 2, 3, 2, 3, 4, 0, 1, 2, 1, 2, 3]
+    pos = torch.tensor([[t], [h], [w]])
+    assert _documents_from_positions(pos).tolist() == [[0] * 7 + [1] * 6]
+    # 4D-style [4, B, L]: row 0 is the plain text position
+    text = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    pos4 = torch.stack([text, text * 0, text * 0, text * 0])
+    assert _documents_from_positions(pos4).tolist() == [[0, 0, 0, 0, 1, 1, 1]]

@@ -369,15 +369,16 @@ def _by_keyword(fname, names, args, kwargs):
     return kwargs
 
 
-def _derive(model, input_ids, labels=None, document_ids=None):
-    """(modality_ids, segment_ids) from token ids (and labels / document ids), or (None, None)."""
+def _derive(model, input_ids, labels=None, document_ids=None, prompt=False):
+    """(modality_ids, segment_ids) from token ids (and labels / document ids), or (None, None).
+    ``prompt``: a generation prompt (it holds no answer to protect, one segment per row is right)."""
     c = model._mma_config
     if c["image_token_id"] is None:
         return None, None
     mod, seg = mma_ids_from_input_ids(input_ids, c["image_token_id"], c["answer_token_id"],
                                       turn_token_id=c["turn_token_id"])
     has_boundary = c["answer_token_id"] is not None or c["turn_token_id"] is not None or labels is not None
-    if not has_boundary and model.training and bool((mod == 1).any()):
+    if not has_boundary and not prompt and model.training and bool((mod == 1).any()):
         raise ValueError("apply_mma: training on a batch with images, but no way to find where answers start: pass "
                          "labels (the first supervised token of each answer starts a new segment), or "
                          "answer_token_id / turn_token_id (or tokenizer=) to apply_mma, or explicit segment_ids")
@@ -470,7 +471,7 @@ def _wrap(model, state):
         group_ids = _own_groups(model, kw, group_ids)  # over the prompt; decoding steps get their own groups
         if modality_ids is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
             if model._mma_config["image_token_id"] is not None:
-                modality_ids, seg = _derive(model, input_ids, None, document_ids)
+                modality_ids, seg = _derive(model, input_ids, None, document_ids, prompt=True)
                 segment_ids = seg if segment_ids is None else segment_ids
         for n, t in (("modality_ids", modality_ids), ("segment_ids", segment_ids), ("document_ids", document_ids),
                      ("group_ids", group_ids)):
