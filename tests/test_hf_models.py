@@ -39,8 +39,8 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("name", MODELS)
+# the Triton interpreter is slow on CPU: two models (head dims 16 and 96) cover its HF path in CI
+@pytest.mark.parametrize("name,backend", [(n, "torch") for n in MODELS] + [("llama", "triton"), ("phi3", "triton")])
 def test_logits_and_grads_match_eager_dense(name, backend):
     eager, mma = model_pair(name)
     apply_mma(mma, image_token_id=IMG, answer_token_id=ANS, backend=backend)
