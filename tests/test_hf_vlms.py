@@ -118,6 +118,12 @@ def test_packed_mrope_rows_equal_per_sample_runs():
     want = torch.cat(singles)
     for got in (packed, no_doc, only_doc):
         torch.testing.assert_close(got, want, **TOL)
+    # the collator's default 2D positions would flatten M-RoPE at the images: refused, naming the fix
+    flat = MMADataCollatorWithFlattening(image_token_id=tv.IMG, answer_token_id=cv.ANS,
+                                         extra_keys=("pixel_values", "image_grid_thw"))(
+        [{k: v for k, v in f.items() if k != "position_ids"} for f in feats])
+    with pytest.raises(ValueError, match=r"uses M-RoPE \(3D positions\) but got 2D position_ids"):
+        mma(**flat)
 
 
 # -------------------------------------------------------------------------------------------- rejections

@@ -334,7 +334,7 @@ def apply_mma(
     for m in _language_model(model, text_cfg).modules():  # only the language model's layers see the mask
         m._mma_state = state
     model._mma_config = dict(image_token_id=image_token_id, answer_token_id=answer_token_id, policy=policy,
-                             turn_token_id=turn_token_id, own_rule=fam.own_rule)
+                             turn_token_id=turn_token_id, own_rule=fam.own_rule, mrope=fam.mrope)
     if getattr(model, "_mma_patched", False):
         return model
     _wrap(model, state)
@@ -430,6 +430,13 @@ def _wrap(model, state):
                 raise ValueError(f"apply_mma: {what}: image positions cannot be found. Pass modality_ids (and "
                                  f"segment_ids) covering the whole sequence, e.g. from "
                                  f"mma_kernels.mma_ids_from_input_ids(input_ids, ...); generate() does it for you")
+        pos = kw.get("position_ids", None)
+        if (c["mrope"] and past_len == 0 and isinstance(pos, torch.Tensor) and pos.dim() == 2
+                and modality_ids is not None and bool((modality_ids == 1).any())):
+            raise ValueError(f"position_ids: {type(model).__name__} uses M-RoPE (3D positions) but got 2D position_ids "
+                             f"{tuple(pos.shape)} with images in the batch, which would flatten the image positions. "
+                             f"Leave position_ids out, or pass the model's own per-sample positions (e.g. from "
+                             f"model.model.get_rope_index; MMADataCollatorWithFlattening takes them per sample)")
         args = dict(modality_ids=modality_ids, segment_ids=segment_ids, document_ids=document_ids,
                     attention_mask=att, position_ids=kw.get("position_ids", None), batch_size=B, device=x.device,
                     group_ids=group_ids, policy=c["policy"],
