@@ -322,7 +322,10 @@ def apply_mma(
         model.set_attn_implementation(NAME)
     else:
         before = {k: c._attn_implementation for k, c in sub_configs(cfg) if k != text_key}
-        model.set_attn_implementation({text_key: NAME})
+        try:
+            model.set_attn_implementation({text_key: NAME})
+        except (TypeError, ValueError, AttributeError, KeyError):  # a transformers without dict support here
+            pass
         for k, c in sub_configs(cfg):  # transformers versions that apply a dict differently: enforce it
             if k == text_key or k.startswith(text_key + "."):
                 c._attn_implementation_internal = NAME
