@@ -95,7 +95,8 @@ def mma_mask_interface(batch_size, q_length=None, kv_length=None, q_offset=None,
             f"kv_length={kv_length}; a StaticCache or other pre-allocated cache is not supported, use a DynamicCache"
         )
     if attention_mask is not None and attention_mask.dim() == 2:
-        attention_mask = attention_mask[:, :kv_length]
+        start = kv_offset if isinstance(kv_offset, int) else 0
+        attention_mask = attention_mask[:, start:start + kv_length]
     return MMAMaskSpec(batch_size, q_length, kv_length, attention_mask)
 
 
