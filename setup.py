@@ -16,7 +16,7 @@ setup(
         "aki": ["transformers>=4.56", "safetensors", "pillow", "tqdm"],
         "bench": ["matplotlib", "tqdm"],
         "test": ["pytest", "pytest-xdist", "hypothesis", "triton>=3.2", "transformers>=4.56", "safetensors",
-                 "pillow", "tqdm", "matplotlib"],
+                 "accelerate>=1.1", "pillow", "tqdm", "matplotlib"],  # accelerate: transformers.Trainer (example)
     },
     entry_points={"console_scripts": ["mma-bench=benchmarks.__main__:main"]},
 )

@@ -8,71 +8,93 @@ import torch
 
 from test_hf_helpers import _one_thread, additive, dense_allowed, model_pair  # noqa: F401
 
-from mma_kernels import apply_mma, mma_ids_from_input_ids
+from mma_kernels import apply_mma
 
 IMG, ANS = 5, 6
+TOL = dict(atol=1e-4, rtol=0)
 
 
 def _prompt(L, n_img=5, img_at=2, ans_at=None, seed=0):
+    """(ids [1, L], modality ids, segment ids): the ids written by hand for the layout, not derived."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, 90, (1, L), generator=g)
     ids[0, img_at:img_at + n_img] = IMG
-    ids[0, L - 1 if ans_at is None else ans_at] = ANS
-    return ids
+    a = L - 1 if ans_at is None else ans_at
+    ids[0, a] = ANS
+    mod = torch.zeros(1, L, dtype=torch.long)
+    mod[0, img_at:img_at + n_img] = 1
+    seg = torch.zeros(1, L, dtype=torch.long)  # segment 0 through <|assistant|>, then one per token
+    seg[0, a + 1:] = torch.arange(1, L - a)
+    return ids, mod, seg
 
 
-def _reference_greedy(eager, ids, new_tokens):
-    mod, seg = mma_ids_from_input_ids(ids, IMG, ANS)
-    out = ids
+def _reference(eager, ids, mod, seg, new_tokens, window=None):
+    """Greedy decoding by hand with the eager model and the dense mask, re-running the whole sequence each step.
+    Returns (new tokens [1, n], logits of each step [n, 1, V])."""
+    out, steps = ids, []
     for _ in range(new_tokens):
         n = out.shape[1] - ids.shape[1]
         m = torch.cat([mod, torch.zeros(1, n, dtype=torch.long)], 1)
         s = torch.cat([seg, seg.max() + 1 + torch.arange(n)[None]], 1)
-        logits = eager(out, attention_mask=additive(dense_allowed(m, s))).logits
-        out = torch.cat([out, logits[:, -1:].argmax(-1)], 1)
-    return out[:, ids.shape[1]:]
+        with torch.no_grad():
+            logits = eager(out, attention_mask=additive(dense_allowed(m, s, window=window))).logits[:, -1]
+        steps.append(logits)
+        out = torch.cat([out, logits.argmax(-1, keepdim=True)], 1)
+    return out[:, ids.shape[1]:], torch.stack(steps)
+
+
+def _generate(mma, ids, n, **kw):
+    with torch.no_grad():
+        g = mma.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, **kw)
+    return g.sequences[:, ids.shape[1]:], torch.stack(g.logits)
 
 
 @pytest.mark.parametrize("name", ["llama", "phi3"])
 def test_greedy_generate_matches_eager_dense(name):
     eager, mma = model_pair(name)
     apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
-    ids = _prompt(14)
-    ref = _reference_greedy(eager, ids, 6)
-    got = mma.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6)[:, ids.shape[1]:]
+    ids, mod, seg = _prompt(14)
+    ref, ref_logits = _reference(eager, ids, mod, seg, 6)
+    got, logits = _generate(mma, ids, 6)
     assert got.tolist() == ref.tolist()
+    torch.testing.assert_close(logits, ref_logits, **TOL)  # every step's logits in full
     # explicit ids instead of derivation give the same
-    mod, seg = mma_ids_from_input_ids(ids, IMG, ANS)
-    got2 = mma.generate(ids, modality_ids=mod, segment_ids=seg, max_new_tokens=6, do_sample=False,
-                        min_new_tokens=6)[:, ids.shape[1]:]
+    got2, logits2 = _generate(mma, ids, 6, modality_ids=mod, segment_ids=seg)
     assert got2.tolist() == ref.tolist()
+    torch.testing.assert_close(logits2, ref_logits, **TOL)
     # ...and the MMA prefill matters: plain causal generation differs from it in the logits
-    assert not torch.equal(mma(ids).logits, mma(ids, modality_ids=torch.zeros_like(mod)).logits)
+    causal = _generate(mma, ids, 1, modality_ids=torch.zeros_like(mod))[1]
+    assert (causal[0] - ref_logits[0]).abs().max() > 1e-3
 
 
 def test_batched_left_padded_generate_matches_single_rows():
     eager, mma = model_pair("llama")
     apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
     prompts = [_prompt(14, seed=1), _prompt(10, img_at=1, n_img=4, seed=2)]
-    L = max(p.shape[1] for p in prompts)
+    L = max(p[0].shape[1] for p in prompts)
     ids = torch.zeros(2, L, dtype=torch.long)
     att = torch.zeros(2, L, dtype=torch.long)
-    for b, p in enumerate(prompts):
+    for b, (p, _, _) in enumerate(prompts):
         ids[b, L - p.shape[1]:] = p[0]
         att[b, L - p.shape[1]:] = 1
-    got = mma.generate(ids, attention_mask=att, max_new_tokens=5, min_new_tokens=5, do_sample=False,
-                       pad_token_id=0)[:, L:]
-    for b, p in enumerate(prompts):
-        assert got[b].tolist() == _reference_greedy(eager, p, 5)[0].tolist()
+    got, logits = _generate(mma, ids, 5, attention_mask=att, pad_token_id=0)
+    for b, (p, mod, seg) in enumerate(prompts):
+        ref, ref_logits = _reference(eager, p, mod, seg, 5)
+        assert got[b].tolist() == ref[0].tolist()
+        torch.testing.assert_close(logits[:, b], ref_logits[:, 0], **TOL)
 
 
 def test_chunked_prefill_and_split_segment_error():
     eager, mma = model_pair("llama")
     apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
-    ids = _prompt(16, img_at=2, ans_at=11)  # segment 0 = positions 0..11 (images 2..6 see text through <|assistant|> at 11)
-    full = mma.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    chunked = mma.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, prefill_chunk_size=12)
-    assert chunked.tolist() == full.tolist() == torch.cat([ids, _reference_greedy(eager, ids, 4)], 1).tolist()
+    ids, mod, seg = _prompt(16, img_at=2, ans_at=11)  # segment 0 = 0..11 (images 2..6 see text through 11)
+    ref, ref_logits = _reference(eager, ids, mod, seg, 4)
+    full, full_logits = _generate(mma, ids, 4)
+    chunked, chunked_logits = _generate(mma, ids, 4, prefill_chunk_size=12)
+    assert chunked.tolist() == full.tolist() == ref.tolist()
+    torch.testing.assert_close(full_logits, ref_logits, **TOL)
+    torch.testing.assert_close(chunked_logits, ref_logits, **TOL)
     with pytest.raises(ValueError, match=r"chunked prefill: the chunk ends at position 8, inside a mutual segment"):
         mma.generate(ids, max_new_tokens=2, do_sample=False, prefill_chunk_size=8)
 
@@ -82,8 +104,7 @@ def test_manual_cache_continuation():
     from transformers import DynamicCache
 
     eager, mma = model_pair("qwen3")
-    ids = _prompt(12)
-    mod, seg = mma_ids_from_input_ids(ids, IMG, ANS)
+    ids, mod, seg = _prompt(12)
     cache = DynamicCache(config=mma.config)
     out = mma(ids, modality_ids=mod, segment_ids=seg, past_key_values=cache, use_cache=True)
     nxt = out.logits[:, -1:].argmax(-1)
@@ -92,4 +113,21 @@ def test_manual_cache_continuation():
     m = torch.cat([mod, torch.zeros(1, 1, dtype=torch.long)], 1)
     s = torch.cat([seg, seg.max() + 1 + torch.zeros(1, 1, dtype=torch.long)], 1)
     ref = eager(full, attention_mask=additive(dense_allowed(m, s))).logits[:, -1:]
-    torch.testing.assert_close(step, ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(step, ref, **TOL)
+    # a step over the cache with a patched model but no ids cannot place the prompt's images: error, not causal
+    apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
+    cache = DynamicCache(config=mma.config)
+    out = mma(ids, past_key_values=cache, use_cache=True)
+    with pytest.raises(ValueError, match=r"a forward over a cache of 12 tokens: image positions cannot be found"):
+        mma(nxt, past_key_values=out.past_key_values, use_cache=True)
+
+
+def test_sliding_window_cache_in_generate():
+    """Mistral, window 12 < prompt + new tokens: transformers' sliding cache drops keys; the mask follows it."""
+    eager, mma = model_pair("mistral", sliding_window=12)
+    apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
+    ids, mod, seg = _prompt(10)
+    ref, ref_logits = _reference(eager, ids, mod, seg, 6, window=12)
+    got, logits = _generate(mma, ids, 6)
+    assert got.tolist() == ref.tolist()
+    torch.testing.assert_close(logits, ref_logits, **TOL)

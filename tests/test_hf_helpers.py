@@ -16,7 +16,7 @@ IMAGE_PAIRS = {(1, 0)}  # the "mma" policy: image queries look ahead at text key
 
 
 def tiny_config(name: str, **over):
-    base = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    base = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=256, attention_dropout=0.0, tie_word_embeddings=False)
     if name == "llama":
         cfg = transformers.LlamaConfig(**base)
@@ -48,8 +48,9 @@ def model_pair(name: str, seed: int = 0, **over):
     return eager.float(), mma.float()
 
 
-def dense_allowed(mod, seg=None, doc=None, pairs=IMAGE_PAIRS):
-    """bool [B, L, L] from the rule, with explicit loops: allowed(i, j) for query i, key j."""
+def dense_allowed(mod, seg=None, doc=None, pairs=IMAGE_PAIRS, window=None):
+    """bool [B, L, L] from the rule, with explicit loops: allowed(i, j) for query i, key j; a sliding `window`
+    cuts the causal part only (i - j < window)."""
     B, L = mod.shape
     seg = torch.arange(L).expand(B, L) if seg is None else seg
     doc = torch.zeros(B, L, dtype=torch.long) if doc is None else doc
@@ -59,7 +60,8 @@ def dense_allowed(mod, seg=None, doc=None, pairs=IMAGE_PAIRS):
         for i in range(L):
             for j in range(L):
                 out[b, i, j] = (m[i] != -1 and m[j] != -1 and d[i] == d[j]
-                                and (j <= i or (s[i] == s[j] and (m[i], m[j]) in pairs)))
+                                and ((j <= i and (window is None or i - j < window))
+                                     or (s[i] == s[j] and (m[i], m[j]) in pairs)))
     return out
 
 

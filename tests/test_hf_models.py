@@ -18,12 +18,20 @@ TOL = dict(atol=2e-5, rtol=1e-4)
 
 
 def _inputs(L):
+    """multimodal_batch rows (left padding p: [pad]*p, 2 text, 5 x <image>, 4 text, <|assistant|>, answer) and the
+    expected ids written by hand: segment 0 runs through <|assistant|>, each answer token is its own segment."""
     ids, att = multimodal_batch(L=L, image_token=IMG, answer_token=ANS)
-    mod, seg = mma_ids_from_input_ids(ids, IMG, ANS, attention_mask=att)
+    mod = torch.full_like(ids, -1)
+    seg = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for b, p in enumerate((0, 3)):
+        mod[b, p:] = 0
+        mod[b, p + 2:p + 7] = 1
+        a = p + 11  # <|assistant|>
+        assert ids[b, a] == ANS and (ids[b, p + 2:p + 7] == IMG).all()
+        seg[b, a + 1:] = torch.arange(1, L - a)
+        labels[b, a + 1:] = ids[b, a + 1:]  # supervised: the answer only
     pos = (att.cumsum(1) - 1).clamp(min=0)
-    labels = ids.masked_fill(att == 0, -100)
-    first = att.argmax(1)
-    labels[torch.arange(len(ids)), first] = -100  # predicted by a padding query: not part of the contract
     return ids, att, mod, seg, pos, labels
 
 
@@ -31,8 +39,8 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("name", MODELS)
+# the Triton interpreter is slow on CPU: two models (head dims 16 and 96) cover its HF path in CI
+@pytest.mark.parametrize("name,backend", [(n, "torch") for n in MODELS] + [("llama", "triton"), ("phi3", "triton")])
 def test_logits_and_grads_match_eager_dense(name, backend):
     eager, mma = model_pair(name)
     apply_mma(mma, image_token_id=IMG, answer_token_id=ANS, backend=backend)
@@ -74,7 +82,7 @@ def test_ids_change_the_output():
     _, mma = model_pair("llama")
     ids, att, mod, seg, pos, _ = _inputs(20)
     a = mma(ids, attention_mask=att, modality_ids=mod, segment_ids=seg).logits
-    b = mma(ids, attention_mask=att).logits  # no ids: all text, causal
+    b = mma(ids, attention_mask=att, modality_ids=torch.zeros_like(mod)).logits  # all text: causal
     img = mod == 1
     assert (a[img] - b[img]).abs().max() > 1e-3
     txt_before = img.long().cumsum(1) == 0  # text before the images: identical
@@ -99,7 +107,7 @@ def test_mask_built_once_per_forward(monkeypatch, patched):
 @pytest.mark.parametrize("name", MODELS)
 def test_training_curve_and_gradient_checkpointing(name):
     eager, mma = model_pair(name)
-    apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
+    apply_mma(mma, image_token_id=IMG)  # no answer marker: segments from labels (answer-only supervision)
     mma.gradient_checkpointing_enable()
     eager.train(), mma.train()
     ids, att, mod, seg, pos, labels = _inputs(24)
@@ -120,12 +128,17 @@ def test_training_curve_and_gradient_checkpointing(name):
 
 
 # ----------------------------------------------------------------------------------------- rejections
-def test_sliding_window_shorter_than_sequence_is_rejected():
-    _, mma = model_pair("mistral", sliding_window=8)
-    ids, att, mod, seg, pos, _ = _inputs(16)
-    with pytest.raises(ValueError, match=r"sliding window.*MistralAttention \(mistral\)"):
-        mma(ids, modality_ids=mod, segment_ids=seg)
-    mma(ids[:, :8], modality_ids=mod[:, :8].clamp(min=0))  # within the window: fine
+def test_sliding_window_shorter_than_sequence_matches_eager_dense():
+    """Mistral, window 8 < 24 tokens: the causal part is cut at the window, look-ahead is not (the contract)."""
+    eager, mma = model_pair("mistral", sliding_window=8)
+    apply_mma(mma, image_token_id=IMG, answer_token_id=ANS)
+    ids, att, mod, seg, pos, labels = _inputs(24)
+    ref = eager(ids, attention_mask=additive(dense_allowed(mod, seg, window=8)), position_ids=pos).logits
+    out = mma(ids, attention_mask=att, position_ids=pos).logits
+    valid = att.bool()
+    torch.testing.assert_close(out[valid], ref[valid], **TOL)
+    no_window = eager(ids, attention_mask=additive(dense_allowed(mod, seg)), position_ids=pos).logits
+    assert (no_window[valid] - ref[valid]).abs().max() > 1e-3  # the window matters at this length
 
 
 def test_dropout_in_training_is_rejected():

@@ -41,6 +41,11 @@ def test_packed_equals_padded(name):
     lens = [len(f["input_ids"]) for f in feats]
     assert packed["input_ids"].shape == (1, sum(lens))
     assert packed["document_ids"][0].tolist() == sum(([i] * n for i, n in enumerate(lens)), [])
+    # expected ids by hand: images at 2..5 / 1..4 / 3..6; one segment through <|assistant|> (L - 4), then one
+    # per answer token; segment numbers distinct between samples
+    assert packed["modality_ids"][0].tolist() == ([0, 0] + [1] * 4 + [0] * 8 + [0] + [1] * 4 + [0] * 4
+                                                  + [0] * 3 + [1] * 4 + [0] * 10)
+    assert packed["segment_ids"][0].tolist() == ([0] * 11 + [1, 2, 3] + [4] * 6 + [5, 6, 7] + [8] * 14 + [9, 10, 11])
     out = model(**packed)
     starts = torch.tensor([0] + lens).cumsum(0).tolist()
     packed_losses = _per_sample_losses(out.logits[0], packed["labels"][0], starts)
@@ -55,6 +60,8 @@ def test_packed_equals_padded(name):
         ids[b, :n], labels[b, :n], att[b, :n] = torch.tensor(f["input_ids"]), torch.tensor(f["labels"]), 1
     pad = model(ids, attention_mask=att, labels=labels)
     pad_losses = torch.stack([_per_sample_losses(pad.logits[b], labels[b], [0, lens[b]])[0] for b in range(len(feats))])
+    for b, (a, n) in enumerate(zip(starts[:-1], lens)):  # full logits, every position of every sample
+        torch.testing.assert_close(out.logits[0, a:a + n], pad.logits[b, :n], atol=1e-4, rtol=0)
     torch.testing.assert_close(packed_losses, pad_losses, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, pad.loss, atol=1e-5, rtol=1e-5)  # token-mean over the same tokens
 

@@ -72,10 +72,48 @@ def mma_ids_from_input_ids(
 
 
 def _documents_from_positions(position_ids: torch.Tensor) -> Optional[torch.Tensor]:
-    """Packed rows: a document starts wherever position ids do not increase by one."""
+    """Packed rows: document ids [B, L] from position ids.
+
+    - 2D [B, L] (or [1, L]): a document starts wherever the positions do not increase by one;
+    - 4D-style M-RoPE [4, B, L] (transformers >= 5.2x: row 0 is the plain text position): the same on row 0;
+    - 3D M-RoPE [3, B, L] (temporal, height, width): a document starts where all three rows are 0
+      (every sample starts at (0, 0, 0), which no later token of the same sample has).
+    """
+    if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+        position_ids = position_ids[0]
+    if position_ids.dim() == 3:
+        starts = (position_ids == 0).all(dim=0)
+        starts[:, 0] = True
+        return starts.long().cumsum(dim=1) - 1
     first = position_ids[:, :1] - 1
     starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
     return starts.long().cumsum(dim=1)
+
+
+def cut_segments(segment_ids: torch.Tensor, *breaks: Optional[torch.Tensor]) -> torch.Tensor:
+    """Segment ids [B, L] that also start a new segment wherever a bool [B, L] in ``breaks`` is True,
+    or where an int [B, L] in ``breaks`` (e.g. document ids) changes value."""
+    new = torch.zeros_like(segment_ids, dtype=torch.bool)
+    new[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    for b in breaks:
+        if b is None:
+            continue
+        if b.dtype == torch.bool:
+            new |= b.to(new.device)
+        else:
+            b = b.to(new.device)
+            new[:, 1:] |= b[:, 1:] != b[:, :-1]
+    return new.long().cumsum(dim=1)
+
+
+def label_starts(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """bool [B, L]: True at every supervised token (``labels != ignore_index``).
+
+    Starting a new mutual segment at each of them makes MMA leakage-safe for any chat template: an
+    image can see every unsupervised prompt token before an answer, never a supervised one (HF labels
+    are aligned with ``input_ids`` and shifted inside the loss)."""
+    _check_2d_int("labels", labels)
+    return labels != ignore_index
 
 
 def fit_mma_ids(
@@ -87,6 +125,7 @@ def fit_mma_ids(
     position_ids: Optional[torch.Tensor] = None,
     batch_size: Optional[int] = None,
     device: Optional[torch.device] = None,
+    group_ids: Optional[torch.Tensor] = None,
 ):
     """Fit user ids (over the prompt or the whole sequence) to the ``kv_len`` keys of one forward pass.
 
@@ -94,13 +133,14 @@ def fit_mma_ids(
       chunks so far): cut to ``kv_len``; a mutual segment split by the cut is an error, since its
       earlier queries could never see the later keys.
     - ids shorter than ``kv_len`` (``generate`` decoding: the ids cover the prompt): the extra
-      positions are generated text, plain causal (modality 0, one segment each, last document).
+      positions are generated text, plain causal (modality 0, one segment and one group each, last
+      document).
     - no ``modality_ids``: all text (causal).
     - no ``document_ids``: documents from packed ``position_ids`` (a new one wherever the positions do
       not go up by one), when no cache and no padding mask is in play, as transformers does for
       flash attention.
     - ``attention_mask`` (2D, 0 = padding, covering the keys) marks padding as modality -1.
-    Returns (modality_ids, segment_ids, document_ids, split_check) with the first three [B, kv_len].
+    Returns (modality_ids, segment_ids, document_ids, split_check, group_ids) with the ids [B, kv_len].
     """
     if modality_ids is None:
         if batch_size is None:
@@ -112,24 +152,28 @@ def fit_mma_ids(
         mod, seg = modality_ids.long(), segment_ids
         if batch_size is not None and mod.shape[0] != batch_size:
             raise ValueError(f"modality_ids: batch size {mod.shape[0]} differs from the inputs' {batch_size}")
-    for name, t in (("segment_ids", seg), ("document_ids", document_ids)):
+    for name, t in (("segment_ids", seg), ("document_ids", document_ids), ("group_ids", group_ids)):
         if t is not None:
             _check_2d_int(name, t)
             if t.shape != mod.shape:
                 raise ValueError(f"{name}: expected shape {tuple(mod.shape)} (as modality_ids), got {tuple(t.shape)}")
     B, L = mod.shape
-    if (document_ids is None and position_ids is not None and attention_mask is None and position_ids.dim() == 2
-            and L == kv_len and position_ids.shape[-1] == kv_len):
+    if (document_ids is None and position_ids is not None and attention_mask is None and L == kv_len
+            and position_ids.shape[-1] == kv_len and position_ids.dim() in (2, 3)):
         # packed rows (e.g. transformers' DataCollatorWithFlattening): documents restart with the positions
-        document_ids = _documents_from_positions(position_ids.expand(B, -1).to(mod.device))
+        pos = position_ids.to(mod.device)
+        pos = pos.expand(B, -1) if pos.dim() == 2 else pos.expand(pos.shape[0], B, -1)
+        document_ids = _documents_from_positions(pos)
     seg = seg.long() if seg is not None else None
     doc = document_ids.long() if document_ids is not None else None
+    grp = group_ids.long() if group_ids is not None else None
     cut = None
     if L > kv_len:
-        cut = (mod, seg, doc)
+        cut = (mod, seg, doc, grp)
         mod = mod[:, :kv_len]
         seg = seg[:, :kv_len] if seg is not None else None
         doc = doc[:, :kv_len] if doc is not None else None
+        grp = grp[:, :kv_len] if grp is not None else None
     elif L < kv_len:
         n = kv_len - L
         ar = torch.arange(1, n + 1, device=mod.device).expand(B, n)
@@ -138,13 +182,15 @@ def fit_mma_ids(
             seg = torch.cat([seg, seg.max(dim=1, keepdim=True).values + ar], dim=1)
         if doc is not None:
             doc = torch.cat([doc, doc[:, -1:].expand(B, n)], dim=1)
+        if grp is not None:
+            grp = torch.cat([grp, grp.max(dim=1, keepdim=True).values + ar], dim=1)
     if attention_mask is not None:
         if attention_mask.dim() != 2 or attention_mask.shape[0] != B:
             raise ValueError(f"attention_mask: expected a 2D [B, L] padding mask, got shape {tuple(attention_mask.shape)}")
         am = attention_mask[:, -kv_len:] if attention_mask.shape[1] >= kv_len else torch.cat(
             [attention_mask, attention_mask.new_ones(B, kv_len - attention_mask.shape[1])], dim=1)
         mod = torch.where(am.to(mod.device).bool(), mod, -1)
-    return mod, seg, doc, cut
+    return mod, seg, doc, cut, grp
 
 
 def build_mma_mask(
@@ -157,25 +203,46 @@ def build_mma_mask(
     policy="mma",
     batch_size: Optional[int] = None,
     device: Optional[torch.device] = None,
+    group_ids: Optional[torch.Tensor] = None,
+    group_policy="bidirectional_image",
 ) -> MMAMask:
     """The `MMAMask` for one forward pass over ``kv_len`` keys (see `fit_mma_ids`). Build it once
     outside a compiled region and pass it as ``mma_mask=`` to a patched model for graph-break-free
-    ``torch.compile``."""
-    mod, seg, doc, cut = fit_mma_ids(kv_len, modality_ids, segment_ids, document_ids, attention_mask,
-                                     position_ids, batch_size, device)
+    ``torch.compile``. ``group_ids``/``group_policy``: the second mutual level (a model's own rule,
+    see `MMAMask`)."""
+    mod, seg, doc, cut, grp = fit_mma_ids(kv_len, modality_ids, segment_ids, document_ids, attention_mask,
+                                          position_ids, batch_size, device, group_ids)
     if device is not None:
         mod = mod.to(device)
         seg = seg.to(device) if seg is not None else None
         doc = doc.to(device) if doc is not None else None
+        grp = grp.to(device) if grp is not None else None
+    gkw = {} if grp is None else dict(group_ids=grp, group_policy=group_policy)
     if cut is not None:
-        full = MMAMask(cut[0], cut[1], cut[2], policy=policy)
+        full = MMAMask(cut[0], cut[1], cut[2], policy=policy,
+                       **({} if cut[3] is None else dict(group_ids=cut[3], group_policy=group_policy)))
         hi = full.meta[:, KV_HI, :kv_len]
         bad = (hi >= kv_len).nonzero()
         if bad.numel():
             b, i = int(bad[0, 0]), int(bad[0, 1])
             raise ValueError(
-                f"chunked prefill: the chunk ends at position {kv_len}, inside a mutual segment "
+                f"chunked prefill: the chunk ends at position {kv_len}, inside a mutual segment or group "
                 f"(batch row {b}: the token at position {i} may see keys up to position {int(hi[b, i])}); "
                 f"split chunks at segment boundaries (e.g. a larger prefill_chunk_size)"
             )
-    return MMAMask(mod, seg, doc, policy=policy)
+    return MMAMask(mod, seg, doc, policy=policy, **gkw)
+
+
+def group_ids_from_token_type_ids(token_type_ids: torch.Tensor, rule: str) -> torch.Tensor:
+    """Group ids [B, L] for a model's own rule, from its ``token_type_ids``.
+
+    - ``"image_blocks"`` (Gemma 3): each contiguous run of ``token_type_ids == 1`` (one image) is a group;
+    - ``"prefix"`` (PaliGemma): the ``token_type_ids == 0`` prefix is one group.
+    Every other token is its own group (the level then adds nothing for it)."""
+    _check_2d_int("token_type_ids", token_type_ids)
+    inside = (token_type_ids == 1) if rule == "image_blocks" else (token_type_ids == 0)
+    if rule not in ("image_blocks", "prefix"):
+        raise ValueError(f"rule: expected 'image_blocks' or 'prefix', got {rule!r}")
+    cont = torch.zeros_like(inside)
+    cont[:, 1:] = inside[:, 1:] & inside[:, :-1]  # continues the previous token's group
+    return (~cont).long().cumsum(dim=1)

@@ -1,40 +1,65 @@
-"""Hugging Face transformers glue: the ``"mma"`` attention implementation and `apply_mma`.
+"""transformers glue: ``attn_implementation="mma"`` (attention + mask interface) and `apply_mma`.
 
 ``register()`` adds ``"mma"`` to ``transformers.AttentionInterface`` (the attention function) and to
 ``transformers.masking_utils.AttentionMaskInterface`` (the mask builder). The mask builder never
 builds a dense 4D mask: it returns a small `MMAMaskSpec` (sizes plus the 2D padding mask) that the
-model hands unchanged to every layer; the first layer builds the `MMAMask` from the per-token ids
-(model kwargs ``modality_ids`` / ``segment_ids`` / ``document_ids``, or a prebuilt ``mma_mask``) and
-stores it on the spec, the other layers reuse it.
+model hands unchanged to every layer; the first layer attaches the `MMAMask` to it and the other
+layers (and gradient-checkpointing recomputations) reuse it.
+
+`apply_mma` sets ``"mma"`` on the language model's config only (vision towers and every other
+sub-model keep their implementation), and wraps ``forward``/``generate`` keyword-only: the wrapper
+builds the `MMAMask` from the ids (given, or derived from ``input_ids`` / ``labels``) and hands it
+to the language model's attention layers through a per-model state object, never through the
+forward kwargs (which transformers forwards to vision towers too).
 """
 from __future__ import annotations
 
 import functools
 import inspect
-import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from ..attention import _pick_backend
 from ..mask import MMAMask
 from ..validation import resolve_scale
-from .ids import build_mma_mask, mma_ids_from_input_ids
+from .families import default_media_tokens, family_of, sub_configs, text_config_key
+from .ids import (_token_set, build_mma_mask, cut_segments, fit_mma_ids, group_ids_from_token_type_ids, label_starts,
+                  mma_ids_from_input_ids)
 
 NAME = "mma"
-_ID_KEYS = ("modality_ids", "segment_ids", "document_ids")
+_ID_KEYS = ("modality_ids", "segment_ids", "document_ids", "group_ids")
+_GROUP_POLICY = {"image_blocks": "bidirectional_image", "prefix": "prefix"}
 
 
 class MMAMaskSpec:
-    """What the ``"mma"`` mask builder returns instead of a dense mask: one per forward pass."""
+    """What the ``"mma"`` mask builder returns instead of a dense mask: one per forward pass.
+
+    It poses as a prepared 4D mask (``ndim``/``shape``) so that a model re-entering
+    ``create_causal_mask`` with it (PaliGemma's language model) gets it back unchanged."""
+
+    ndim = 4
 
     def __init__(self, batch_size, q_length, kv_length, attention_mask):
         self.batch_size, self.q_length, self.kv_length = batch_size, q_length, kv_length
         self.attention_mask = attention_mask  # 2D bool [B, kv] or None
         self.mask: Optional[MMAMask] = None
 
+    @property
+    def shape(self):
+        return (self.batch_size, 1, self.q_length, self.kv_length)
+
     def __repr__(self):
         return f"MMAMaskSpec(batch={self.batch_size}, q={self.q_length}, kv={self.kv_length})"
+
+
+class _State:
+    """Per patched model: the mask of the forward pass in flight, and the backend. Shared by its modules."""
+
+    def __init__(self, backend="auto", own_rule=None):
+        self.mask: Optional[MMAMask] = None
+        self.build_args: Optional[dict] = None  # what built `mask`: re-fitted for caches holding fewer keys
+        self.backend, self.own_rule = backend, own_rule
 
 
 def _as_int(x):
@@ -50,6 +75,8 @@ def mma_mask_interface(batch_size, q_length=None, kv_length=None, q_offset=None,
 
     Accepts both calling conventions of transformers' mask interface: ``q_length``/``q_offset``
     (transformers 5.x, e.g. 5.17 and 5.23) and ``cache_position`` (older releases)."""
+    if isinstance(attention_mask, MMAMaskSpec):  # an inner model re-entering create_causal_mask
+        return attention_mask
     if q_length is None:
         if cache_position is None:
             raise TypeError("mma_mask_interface: needs q_length (transformers 5) or cache_position (older)")
@@ -59,17 +86,17 @@ def mma_mask_interface(batch_size, q_length=None, kv_length=None, q_offset=None,
     if q_offset is None:
         q_offset = cache_position[0] if cache_position is not None else kv_length - q_length
     q_offset, kv_offset = _as_int(q_offset), _as_int(kv_offset)
-    if isinstance(kv_offset, int) and kv_offset != 0:
-        raise ValueError(f"attn_implementation='mma': a cache that drops old keys (kv_offset={kv_offset}, a "
-                         f"sliding-window cache) is not supported; use a DynamicCache")
-    if isinstance(q_offset, int) and q_offset + q_length != kv_length:
+    # a sliding-window cache past its window holds only the last keys (kv_offset > 0): the attention
+    # function fits the mask to them; queries must still be the last keys the layer holds
+    if isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset + q_length != kv_offset + kv_length:
         raise ValueError(
-            f"attn_implementation='mma': queries must be the last keys (q_offset + q_length == kv_length), got "
-            f"q_offset={q_offset}, q_length={q_length}, kv_length={kv_length}; a StaticCache or other "
-            f"pre-allocated cache is not supported, use a DynamicCache"
+            f"attn_implementation='mma': queries must be the last keys (q_offset + q_length == kv_offset + "
+            f"kv_length), got q_offset={q_offset}, q_length={q_length}, kv_offset={kv_offset}, "
+            f"kv_length={kv_length}; a StaticCache or other pre-allocated cache is not supported, use a DynamicCache"
         )
     if attention_mask is not None and attention_mask.dim() == 2:
-        attention_mask = attention_mask[:, :kv_length]
+        start = kv_offset if isinstance(kv_offset, int) else 0
+        attention_mask = attention_mask[:, start:start + kv_length]
     return MMAMaskSpec(batch_size, q_length, kv_length, attention_mask)
 
 
@@ -82,46 +109,55 @@ def check_supported(module, dropout: float = 0.0, kv_len: Optional[int] = None, 
     """Reject attention features the fused kernel does not implement, naming feature and model."""
     cfg = getattr(module, "config", None)
     name = _model_name(module)
+    state = getattr(module, "_mma_state", None)
+    prefix_lm = state is not None and state.own_rule == "prefix"  # PaliGemma: is_causal=False, the rule is the mask
+    if not prefix_lm and (kwargs.get("is_causal", None) is False or getattr(module, "is_causal", True) is False):
+        raise ValueError(f"attn_implementation='mma' is for the causal self-attention of a language model, but "
+                         f"{name} is bidirectional (is_causal=False, e.g. a vision tower): set 'mma' on the text "
+                         f"sub-config only (apply_mma does), keep this sub-model's own implementation")
     softcap = kwargs.get("softcap", None) or getattr(cfg, "attn_logit_softcapping", None)
     if softcap:
         raise ValueError(f"attn_implementation='mma': attention logit softcapping (softcap={softcap}) is not "
                          f"supported by the MMA kernel, model {name}")
     if kwargs.get("s_aux", None) is not None or kwargs.get("sinks", None) is not None:
         raise ValueError(f"attn_implementation='mma': attention sinks are not supported, model {name}")
-    window = kwargs.get("sliding_window", None)
-    if window is None:
-        window = getattr(module, "sliding_window", None)
-    if window is not None and kv_len is not None and kv_len > window:
-        raise ValueError(f"attn_implementation='mma': sliding window attention (sliding_window={window}) shorter "
-                         f"than the sequence ({kv_len} keys) is not supported by the MMA kernel, model {name}")
     if dropout and dropout > 0:
         raise ValueError(f"attn_implementation='mma': attention dropout (dropout={dropout}) is not supported by "
                          f"the MMA kernel, model {name}; set the config's attention_dropout to 0")
 
 
-def _get_mask(attention_mask, kv_len, batch_size, device, kwargs) -> MMAMask:
+def _mask_from_kwargs(pad, kv_len, batch_size, device, kwargs) -> MMAMask:
+    """Without apply_mma: the ids (or a prebuilt ``mma_mask``) ride in the forward kwargs (text decoders)."""
     prebuilt = kwargs.get("mma_mask", None)
     if prebuilt is not None:
         if not isinstance(prebuilt, MMAMask):
             raise TypeError(f"mma_mask: expected an MMAMask, got {type(prebuilt).__name__}")
         return prebuilt
+    if kwargs.get("modality_ids", None) is None:
+        raise ValueError("attn_implementation='mma': no modality ids for this forward pass. Call "
+                         "mma_kernels.apply_mma(model) (it derives them from input_ids / labels), or pass "
+                         "modality_ids=... (and segment_ids/document_ids; all zeros for an all-text batch)")
+    return build_mma_mask(kv_len, kwargs.get("modality_ids"), kwargs.get("segment_ids"), kwargs.get("document_ids"),
+                          attention_mask=pad, position_ids=kwargs.get("position_ids"),
+                          policy=kwargs.get("mma_policy", None) or "mma", batch_size=batch_size, device=device)
+
+
+def _get_mask(module, attention_mask, kv_len, batch_size, device, kwargs) -> MMAMask:
     spec = attention_mask if isinstance(attention_mask, MMAMaskSpec) else None
     if spec is not None and spec.mask is not None:
         return spec.mask
-    if spec is not None:
-        pad = spec.attention_mask
-    elif attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
-        pad = attention_mask
-    else:
+    if spec is None and attention_mask is not None and not (
+            isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
         raise ValueError(
             f"attention_mask: attn_implementation='mma' builds its mask from per-token ids; got a "
-            f"{getattr(attention_mask, 'dim', lambda: '?')()}D mask. Pass a 2D padding mask plus modality_ids/"
-            f"segment_ids/document_ids instead of a dense 4D mask"
-        )
-    policy = kwargs.get("mma_policy", None) or "mma"
-    mask = build_mma_mask(kv_len, kwargs.get("modality_ids"), kwargs.get("segment_ids"), kwargs.get("document_ids"),
-                          attention_mask=pad, position_ids=kwargs.get("position_ids"), policy=policy,
-                          batch_size=batch_size, device=device)
+            f"{getattr(attention_mask, 'dim', lambda: '?')()}D mask it did not build ({type(attention_mask).__name__}). "
+            f"Pass a 2D padding mask plus modality_ids/segment_ids/document_ids instead of a dense 4D mask")
+    state = getattr(module, "_mma_state", None)
+    if state is not None and state.mask is not None:
+        mask = state.mask
+    else:
+        mask = _mask_from_kwargs(spec.attention_mask if spec is not None else attention_mask, kv_len, batch_size,
+                                 device, kwargs)
     if spec is not None:
         spec.mask = mask
     return mask
@@ -132,16 +168,52 @@ def mma_attention_forward(module, query, key, value, attention_mask, dropout: fl
     """`AttentionInterface` entry for ``"mma"``: q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] -> ([B, Lq, Hq, D], None)."""
     B, Lk = key.shape[0], key.shape[2]
     check_supported(module, dropout, Lk, **kwargs)
-    mask = _get_mask(attention_mask, Lk, B, query.device, kwargs)
+    window = kwargs.get("sliding_window", None)
+    if window is None:
+        window = getattr(module, "sliding_window", None)
+    state = getattr(module, "_mma_state", None)
+    mask = _get_mask(module, attention_mask, Lk, B, query.device, kwargs)
     if mask.seq_len != Lk:
-        raise ValueError(f"mma_mask: covers {mask.seq_len} positions, but this layer has {Lk} keys")
+        mask = _tail_mask(module, mask, state, attention_mask, Lk, query.shape[2], window)
     from ..ops.library import mma_attention_op
     from ..validation import check_attention_inputs
 
-    check_attention_inputs(query, key, value, mask, scaling)
-    backend = _pick_backend(kwargs.get("mma_backend", None) or "auto", query.device)
-    out, _ = mma_attention_op(query, key, value, mask, resolve_scale(scaling, query.shape[-1]), backend)
+    check_attention_inputs(query, key, value, mask, scaling, window=window)
+    window = mask.effective_window(window)
+    win = mask.window_fields(window) if window is not None else None
+    backend = _pick_backend(kwargs.get("mma_backend", None) or (state.backend if state else "auto"), query.device)
+    out, _ = mma_attention_op(query, key, value, mask, resolve_scale(scaling, query.shape[-1]), backend, win, window)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _tail_mask(module, mask, state, spec, Lk, q_len, window):
+    """A layer whose cache holds only the last ``Lk`` keys (a sliding-window cache past its window): the mask
+    over those keys, exact when no query may see a dropped key (checked), else a clear error."""
+    N = mask.seq_len
+    where = f"layer {_model_name(module)} has {Lk} keys but the mask covers {N} positions"
+    if Lk > N or window is None or state is None or state.build_args is None:
+        raise ValueError(f"mma_mask: {where} (a cache that keeps fewer keys than the sequence is only supported for "
+                         f"sliding-window layers of a model patched with apply_mma)")
+    cache = spec.__dict__.setdefault("_tails", {}) if isinstance(spec, MMAMaskSpec) else {}
+    if Lk in cache:
+        return cache[Lk]
+    from ..mask import MMAMask, WIN_KV_LO
+
+    off = N - Lk
+    lo = mask.window_fields(mask.effective_window(window) or N)[:, WIN_KV_LO, N - q_len:]
+    if bool((lo < off).any()):
+        raise ValueError(f"mma_mask: {where}: a query of this step may see a key the sliding-window cache dropped "
+                         f"(a group or segment reaching back beyond the window); use a DynamicCache without sliding "
+                         f"layers (e.g. cache_implementation='dynamic_full') or a shorter prompt")
+    a = state.build_args
+    mod, seg, doc, _, grp = fit_mma_ids(N, a["modality_ids"], a["segment_ids"], a["document_ids"],
+                                        a["attention_mask"], a["position_ids"], a["batch_size"], a["device"],
+                                        a["group_ids"])
+    sl = (lambda t: None if t is None else t[:, off:].to(mask.device))  # noqa: E731
+    gkw = {} if grp is None else dict(group_ids=sl(grp), group_policy=a["group_policy"])
+    tail = MMAMask(sl(mod), sl(seg), sl(doc), policy=a["policy"], **gkw)
+    cache[Lk] = tail
+    return tail
 
 
 _registered = False
@@ -167,15 +239,33 @@ def _past_length(past_key_values) -> int:
     return int(past_key_values[0][0].shape[-2])  # legacy tuple cache
 
 
-def _check_model_features(model) -> None:
+def _check_model_features(model, text_cfg, text_key, own_rule) -> None:
+    """Features the kernel lacks, on every sub-config that will run MMA (named by its dotted key).
+
+    PaliGemma's Gemma sets ``use_bidirectional_attention``, but its real rule is the mask: causal plus the
+    prefix from token_type_ids (the family's own rule), so it is not rejected as bidirectional."""
     cfg = model.config
     name = f"{type(model).__name__} ({getattr(cfg, 'model_type', '?')})"
-    for attr in ("attn_logit_softcapping",):
-        if getattr(cfg, attr, None):
-            raise ValueError(f"apply_mma: attention logit softcapping ({attr}={getattr(cfg, attr)}) is not "
-                             f"supported by the MMA kernel, model {name}")
     if getattr(cfg, "is_encoder_decoder", False):
         raise ValueError(f"apply_mma: encoder-decoder models are not supported, model {name}")
+    for key, sub in sub_configs(text_cfg, text_key or ""):
+        where = f"sub-model '{key}' ({getattr(sub, 'model_type', '?')}) of {name}"
+        if getattr(sub, "attn_logit_softcapping", None):
+            raise ValueError(f"apply_mma: attention logit softcapping (attn_logit_softcapping="
+                             f"{sub.attn_logit_softcapping}) is not supported by the MMA kernel, {where}")
+        bidirectional = getattr(sub, "use_bidirectional_attention", False) and own_rule != "prefix"
+        if bidirectional or getattr(sub, "is_causal", True) is False:
+            raise ValueError(f"apply_mma: a bidirectional language model (use_bidirectional_attention / "
+                             f"is_causal=False) is not supported, {where}")
+        if getattr(sub, "model_type", "") in ("gpt_oss",) or getattr(sub, "use_sinks", False):
+            raise ValueError(f"apply_mma: attention sinks are not supported by the MMA kernel, {where}")
+
+
+def _check_token_ids(name, value, vocab, allowed_oov):
+    for v in value:
+        if v < 0 or (vocab is not None and v >= vocab and v not in allowed_oov):
+            raise ValueError(f"apply_mma: {name}={v} is outside the vocabulary (0..{vocab - 1 if vocab else '?'}) "
+                             f"of the language model")
 
 
 def apply_mma(
@@ -185,90 +275,224 @@ def apply_mma(
     policy="mma",
     turn_token_id=None,
     backend: str = "auto",
+    tokenizer=None,
 ):
-    """Switch a loaded transformers decoder to modality-mutual attention, in place; returns the model.
+    """Switch a loaded transformers decoder or VLM to modality-mutual attention, in place; returns it.
 
-    Afterwards ``model(...)`` and ``model.generate(...)`` accept ``modality_ids``, ``segment_ids``,
-    ``document_ids`` ([B, L] over the input positions, from position 0: prompt for ``generate``,
-    whole sequence otherwise) or, when ``image_token_id`` is given and the ids are not, derive them
-    from ``input_ids`` with `mma_ids_from_input_ids` (segments break at ``answer_token_id`` and
-    ``turn_token_id``). A prebuilt ``mma_mask=`` (`build_mma_mask`) is also accepted. The
-    `MMAMask` is built once per forward pass and shared by all layers.
+    Only the language model's attention changes (``"mma"`` is set on the text sub-config; vision
+    towers keep their own implementation). Afterwards ``model(...)`` and ``model.generate(...)``
+    take ``modality_ids``, ``segment_ids``, ``document_ids`` ([B, L] over the input positions, from
+    position 0: the prompt for ``generate``) or a prebuilt ``mma_mask=``; when the ids are not
+    given they are derived from ``input_ids``:
+
+    - modality: ``image_token_id`` (default: the config's image and video placeholder ids);
+    - segments: a segment closes with every ``answer_token_id`` and a new one starts at every
+      ``turn_token_id`` (default: the family's turn-start marker looked up in ``tokenizer``, if
+      given) and at every supervised token of ``labels``, and at document boundaries;
+    - documents: ``document_ids``, or restarting ``position_ids`` (packed rows, M-RoPE included).
+
+    Training (``model.training``) on a batch with images and no way to find the answer boundary
+    (no labels, no answer/turn token) raises. A batch without image tokens is plain causal.
     """
     if not hasattr(model, "config") or not hasattr(model, "set_attn_implementation"):
         raise TypeError(f"model: expected a transformers PreTrainedModel, got {type(model).__name__}")
+    from ..attention import BACKENDS
     from ..policy import policy_bits
 
     policy_bits(policy)  # validate early
-    from ..attention import BACKENDS
-
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    if image_token_id is not None:
-        mma_ids_from_input_ids(torch.zeros(1, 1, dtype=torch.long), image_token_id, answer_token_id,
-                               turn_token_id=turn_token_id)  # validates the token ids
-        if answer_token_id is None:
-            warnings.warn("apply_mma: no answer_token_id: each row is one mutual segment, so image tokens see every "
-                          "later text token; only right for prompts that hold no answer", stacklevel=2)
-    _check_model_features(model)
+    cfg = model.config
+    text_cfg, text_key = text_config_key(cfg)
+    fam = family_of(cfg)
+    config_media = default_media_tokens(cfg) or ()
+    if image_token_id is None:
+        image_token_id = config_media or None
+    if turn_token_id is None and tokenizer is not None and fam.turn_marker is not None:
+        tid = tokenizer.convert_tokens_to_ids(fam.turn_marker)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+            turn_token_id = tid
+    vocab = getattr(text_cfg, "vocab_size", None)
+    for nm, v in (("image_token_id", image_token_id), ("answer_token_id", answer_token_id),
+                  ("turn_token_id", turn_token_id)):
+        if v is not None:
+            _check_token_ids(nm, _token_set(nm, v).tolist(), vocab, config_media if nm == "image_token_id" else ())
+    _check_model_features(model, text_cfg, text_key, fam.own_rule)
     register()
-    model.set_attn_implementation(NAME)
+    if text_key is None:
+        model.set_attn_implementation(NAME)
+    else:
+        before = {k: c._attn_implementation for k, c in sub_configs(cfg) if k != text_key}
+        try:
+            model.set_attn_implementation({text_key: NAME})
+        except (TypeError, ValueError, AttributeError, KeyError):  # a transformers without dict support here
+            pass
+        for k, c in sub_configs(cfg):  # transformers versions that apply a dict differently: enforce it
+            if k == text_key or k.startswith(text_key + "."):
+                c._attn_implementation_internal = NAME
+            elif c._attn_implementation != before[k]:
+                c._attn_implementation_internal = before[k]
+    state = getattr(model, "_mma_state", None) or _State()
+    state.backend, state.own_rule = backend, fam.own_rule
+    model._mma_state = state
+    for m in _language_model(model, text_cfg).modules():  # only the language model's layers see the mask
+        m._mma_state = state
     model._mma_config = dict(image_token_id=image_token_id, answer_token_id=answer_token_id, policy=policy,
-                             turn_token_id=turn_token_id, backend=backend)
+                             turn_token_id=turn_token_id, own_rule=fam.own_rule, mrope=fam.mrope)
     if getattr(model, "_mma_patched", False):
         return model
+    _wrap(model, state)
+    return model
+
+
+def _language_model(model, text_cfg):
+    if model.config is text_cfg:
+        return model
+    from transformers import PreTrainedModel
+
+    for m in model.modules():
+        if m is not model and isinstance(m, PreTrainedModel) and m.config is text_cfg:
+            return m
+    raise ValueError(f"apply_mma: cannot find the language model of {type(model).__name__} (no sub-model with its "
+                     f"text config)")
+
+
+def _positional_names(fn):
+    sig = inspect.signature(fn)
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sig, [p.name for p in sig.parameters.values() if p.kind in kinds]
+
+
+def _by_keyword(fname, names, args, kwargs):
+    if len(args) > len(names):
+        raise TypeError(f"{fname}() takes {len(names)} positional arguments but {len(args)} were given")
+    for n, a in zip(names, args):
+        if n in kwargs:
+            raise TypeError(f"{fname}() got multiple values for argument {n!r}")
+        kwargs[n] = a
+    return kwargs
+
+
+def _derive(model, input_ids, labels=None, document_ids=None, prompt=False):
+    """(modality_ids, segment_ids) from token ids (and labels / document ids), or (None, None).
+    ``prompt``: a generation prompt (it holds no answer to protect, one segment per row is right)."""
+    c = model._mma_config
+    if c["image_token_id"] is None:
+        return None, None
+    mod, seg = mma_ids_from_input_ids(input_ids, c["image_token_id"], c["answer_token_id"],
+                                      turn_token_id=c["turn_token_id"])
+    has_boundary = c["answer_token_id"] is not None or c["turn_token_id"] is not None or labels is not None
+    if not has_boundary and not prompt and model.training and bool((mod == 1).any()):
+        raise ValueError("apply_mma: training on a batch with images, but no way to find where answers start: pass "
+                         "labels (the first supervised token of each answer starts a new segment), or "
+                         "answer_token_id / turn_token_id (or tokenizer=) to apply_mma, or explicit segment_ids")
+    starts = label_starts(labels) if labels is not None else None
+    if starts is not None and starts.shape != seg.shape:
+        raise ValueError(f"labels: expected shape {tuple(seg.shape)} (as input_ids), got {tuple(starts.shape)}")
+    if starts is not None or document_ids is not None:
+        seg = cut_segments(seg, starts, document_ids)
+    return mod, seg
+
+
+def _own_groups(model, kw, group_ids):
+    """Group ids for the model's own rule (Gemma 3 image blocks, PaliGemma prefix) from token_type_ids."""
+    rule = model._mma_config["own_rule"]
+    if group_ids is not None or rule is None or kw.get("token_type_ids", None) is None:
+        return group_ids
+    return group_ids_from_token_type_ids(kw["token_type_ids"], rule)
+
+
+def _wrap(model, state):
     orig_forward = model.forward  # bound method
     orig_generate = model.generate
+    fsig, fnames = _positional_names(orig_forward)
+    _, gnames = _positional_names(orig_generate)
 
-    def _derive(input_ids, attention_mask):
+    def _mask_for(kw, modality_ids, segment_ids, document_ids, group_ids):
         c = model._mma_config
-        if c["image_token_id"] is None or input_ids is None:
-            return None, None
-        return mma_ids_from_input_ids(input_ids, c["image_token_id"], c["answer_token_id"],
-                                      turn_token_id=c["turn_token_id"])
+        att = kw.get("attention_mask", None)
+        if att is not None and not (isinstance(att, torch.Tensor) and att.dim() == 2):
+            got = "a dict of masks" if isinstance(att, dict) else f"a {getattr(att, 'dim', lambda: '?')()}D mask"
+            raise ValueError(
+                f"attention_mask: after apply_mma the mask is built from per-token ids; got {got}. "
+                f"Pass the 2D padding mask plus modality_ids/segment_ids/document_ids instead of a dense mask")
+        input_ids, embeds = kw.get("input_ids", None), kw.get("inputs_embeds", None)
+        x = input_ids if input_ids is not None else embeds
+        if x is None:
+            raise ValueError("input_ids or inputs_embeds: one is required")
+        B, q_len = x.shape[0], x.shape[1]
+        past_len = _past_length(kw.get("past_key_values", None))
+        if past_len == 0:
+            group_ids = _own_groups(model, kw, group_ids)
+        if modality_ids is None:
+            if past_len == 0 and input_ids is not None:
+                modality_ids, seg = _derive(model, input_ids, kw.get("labels", None), document_ids)
+                segment_ids = seg if segment_ids is None else segment_ids
+            elif c["image_token_id"] is not None:
+                what = ("inputs_embeds without input_ids" if input_ids is None
+                        else f"a forward over a cache of {past_len} tokens")
+                raise ValueError(f"apply_mma: {what}: image positions cannot be found. Pass modality_ids (and "
+                                 f"segment_ids) covering the whole sequence, e.g. from "
+                                 f"mma_kernels.mma_ids_from_input_ids(input_ids, ...); generate() does it for you")
+        pos = kw.get("position_ids", None)
+        if (c["mrope"] and past_len == 0 and isinstance(pos, torch.Tensor) and pos.dim() == 2
+                and modality_ids is not None and bool((modality_ids == 1).any())):
+            raise ValueError(f"position_ids: {type(model).__name__} uses M-RoPE (3D positions) but got 2D position_ids "
+                             f"{tuple(pos.shape)} with images in the batch, which would flatten the image positions. "
+                             f"Leave position_ids out, or pass the model's own per-sample positions (e.g. from "
+                             f"model.model.get_rope_index; MMADataCollatorWithFlattening takes them per sample)")
+        args = dict(modality_ids=modality_ids, segment_ids=segment_ids, document_ids=document_ids,
+                    attention_mask=att, position_ids=kw.get("position_ids", None), batch_size=B, device=x.device,
+                    group_ids=group_ids, policy=c["policy"],
+                    group_policy=_GROUP_POLICY.get(c["own_rule"], "bidirectional_image"))
+        state.build_args = args
+        kv = dict(args)
+        if group_ids is None:  # no second level: leave the group arguments out
+            kv.pop("group_ids"), kv.pop("group_policy")
+        return build_mma_mask(past_len + q_len, **kv)
 
     @functools.wraps(orig_forward)
-    def forward(input_ids=None, attention_mask=None, *args, modality_ids=None, segment_ids=None,
-                document_ids=None, mma_mask=None, **kwargs):
-        c = model._mma_config
-        past = kwargs.get("past_key_values", None)
+    def forward(*args, modality_ids=None, segment_ids=None, document_ids=None, group_ids=None, mma_mask=None,
+                **kwargs):
+        kw = _by_keyword("forward", fnames, args, kwargs)
+        state.build_args = None
         if mma_mask is None:
-            embeds = kwargs.get("inputs_embeds", None)
-            x = input_ids if input_ids is not None else embeds
-            if x is None:
-                raise ValueError("input_ids or inputs_embeds: one is required")
-            B, q_len = x.shape[0], x.shape[1]
-            past_len = _past_length(past)
-            if modality_ids is None and past_len == 0:
-                modality_ids, seg = _derive(input_ids, attention_mask)
-                segment_ids = seg if segment_ids is None else segment_ids
-            mma_mask = build_mma_mask(past_len + q_len, modality_ids, segment_ids, document_ids,
-                                      attention_mask=attention_mask if (attention_mask is not None
-                                                                        and attention_mask.dim() == 2) else None,
-                                      position_ids=kwargs.get("position_ids"), policy=c["policy"],
-                                      batch_size=B, device=x.device)
-        return orig_forward(input_ids, attention_mask, *args, mma_mask=mma_mask, mma_backend=c["backend"], **kwargs)
+            mma_mask = _mask_for(kw, modality_ids, segment_ids, document_ids, group_ids)
+        elif not isinstance(mma_mask, MMAMask):
+            raise TypeError(f"mma_mask: expected an MMAMask, got {type(mma_mask).__name__}")
+        state.mask = mma_mask
+        try:
+            return orig_forward(**kw)
+        finally:
+            state.mask = None
 
     # generate() validates kwargs against the forward signature: expose the new ones
-    sig = inspect.signature(orig_forward)
-    params = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    params = [p for p in fsig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
-             for n in (*_ID_KEYS, "mma_mask") if n not in sig.parameters]
-    var_kw = [p for p in sig.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD]
-    forward.__signature__ = sig.replace(parameters=params + extra + var_kw)
+             for n in (*_ID_KEYS, "mma_mask") if n not in fsig.parameters]
+    var_kw = [p for p in fsig.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD]
+    forward.__signature__ = fsig.replace(parameters=params + extra + var_kw)
 
     @functools.wraps(orig_generate)
-    def generate(inputs=None, *args, modality_ids=None, segment_ids=None, document_ids=None, **kwargs):
-        input_ids = inputs if inputs is not None else kwargs.get("input_ids", None)
-        if modality_ids is None and input_ids is not None and model._mma_config["image_token_id"] is not None:
-            modality_ids, seg = _derive(input_ids, kwargs.get("attention_mask"))
-            segment_ids = seg if segment_ids is None else segment_ids
-        for n, t in (("modality_ids", modality_ids), ("segment_ids", segment_ids), ("document_ids", document_ids)):
+    def generate(*args, modality_ids=None, segment_ids=None, document_ids=None, group_ids=None, **kwargs):
+        kw = _by_keyword("generate", gnames, args, kwargs)
+        input_ids = kw.get("inputs", None)
+        if input_ids is None:
+            input_ids = kw.get("input_ids", None)
+        group_ids = _own_groups(model, kw, group_ids)  # over the prompt; decoding steps get their own groups
+        if modality_ids is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
+            if model._mma_config["image_token_id"] is not None:
+                modality_ids, seg = _derive(model, input_ids, None, document_ids, prompt=True)
+                segment_ids = seg if segment_ids is None else segment_ids
+        for n, t in (("modality_ids", modality_ids), ("segment_ids", segment_ids), ("document_ids", document_ids),
+                     ("group_ids", group_ids)):
             if t is not None:
-                kwargs[n] = t
-        return orig_generate(inputs, *args, **kwargs)
+                kw[n] = t
+        return orig_generate(**kw)
 
     model.forward = forward
     model.generate = generate
     model._mma_patched = True
-    return model
+
+
+__all__ = ["apply_mma", "register", "MMAMaskSpec", "mma_attention_forward", "mma_mask_interface", "check_supported"]
