@@ -36,7 +36,9 @@ def _heads(s: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="quick (default) or full")
-    p.add_argument("--suite", choices=["kernel", "e2e", "all"], default="all", help="default: all")
+    p.add_argument("--suite", choices=["kernel", "e2e", "all", "tiles"], default="all",
+                   help="default: all (kernel and e2e); tiles: exact tile accounting on CPU (no timing), "
+                        "default lengths 16K,64K,128K, every layout")
     p.add_argument("--mode", type=_csv_list, help="kernel modes, comma list of fwd,bwd,fwd_bwd (default: preset's)")
     p.add_argument("--seqlens", type=lambda s: [parse_len(x) for x in _csv_list(s)],
                    help="kernel sequence lengths, e.g. 1K,4K,16K (default: preset's)")
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rep-ms", type=int, default=100, help="do_bench `rep` in ms (CUDA) / minimum timing window (CPU); default 100")
+    p.add_argument("--flex-upto", type=lambda s: parse_len(s), default=16 * 1024,
+                   help="tiles suite: run FlexAttention's create_block_mask up to this length (default 16K)")
     return p
 
 
@@ -76,8 +80,20 @@ def _case_key(suite: str, rec) -> tuple:
     return (suite,) + tuple(get(k) for k in _KEYS[suite])
 
 
+def _tiles(args) -> int:
+    from .layouts import LAYOUTS
+    from .tiles import run
+
+    torch.set_num_threads(args.threads or 1)
+    out = os.path.join(RESULTS_ROOT, "tiles") if args.save_results else os.path.join(args.output, "tiles")
+    return run(args.seqlens or [16 * 1024, 64 * 1024, 128 * 1024], args.layouts or list(LAYOUTS), out,
+               flex_upto=args.flex_upto)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.suite == "tiles":
+        return _tiles(args)
     t_start = time.time()
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     dev = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
