@@ -154,3 +154,17 @@ def test_report_renders_a_cpu_results_file(run_dir):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| 256 |" in proc.stdout and "tok/s" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_gpu_check_needs_a_gpu_and_plans_three_steps():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "needs a CUDA GPU" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--max-minutes", "30"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for what in ("-m pytest -m cuda", "-m benchmarks --preset full --save-results --resume", "--max-minutes 30",
+                 "-m benchmarks.static --arch 90"):
+        assert what in proc.stdout, proc.stdout
