@@ -240,6 +240,8 @@ def plot(recs: List[Dict], path: str) -> None:
     kinds = ("fwd", "dq", "dkdv")
     lens = sorted({r["seqlen"] for r in recs})
     layouts = list(dict.fromkeys(r["layout"] for r in recs))
+    all_shapes = list(dict.fromkeys((r["block_m"], r["block_n"]) for r in recs))
+    color = {sh: f"C{i}" for i, sh in enumerate(all_shapes)}  # one colour per tile shape in every panel
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for ax, kind in zip(axes, kinds):
         rs = [r for r in recs if r["kernel"] == kind and r["seqlen"] == lens[0]]
@@ -248,13 +250,16 @@ def plot(recs: List[Dict], path: str) -> None:
         for j, sh in enumerate(shapes):
             ys = [next((r["excess_pct"] for r in rs if r["layout"] == lay and (r["block_m"], r["block_n"]) == sh), 0)
                   for lay in layouts]
-            ax.bar([i + (j - (len(shapes) - 1) / 2) * w for i in range(len(layouts))], ys, w,
-                   label=f"{sh[0]}x{sh[1]}")
+            ax.bar([i + (j - (len(shapes) - 1) / 2) * w for i in range(len(layouts))], ys, w, color=color[sh])
         ax.set_xticks(range(len(layouts)), layouts, rotation=20)
         ax.set_title(f"{kind}: tiles visited over the minimum, L={lens[0] // 1024}K", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=color[sh], label=f"{sh[0]}x{sh[1]}") for sh in all_shapes]
     axes[0].set_ylabel("extra tiles visited (% of minimum)")
-    axes[-1].legend(title="tile (rows x keys)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1].legend(handles=handles, title="tile (rows x keys)", fontsize=9, loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
