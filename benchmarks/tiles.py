@@ -84,7 +84,11 @@ def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Ten
     f_hi = end_row.clamp(min=0) // BM
     kend = (key_start + BN).clamp(max=Lk).expand_as(m_lo)
     pads = padcum.gather(1, kend) - padcum.gather(1, key_start.expand_as(m_lo))
-    full = nonempty & (key_start + BN <= Lk) & (pads == 0) & (f_lo < f_hi)
+    # and free of padding queries
+    ra = (torch.maximum(f_lo, m_lo) * BM).clamp(max=Lq) + off
+    rb = (torch.minimum(f_hi, m_hi) * BM).clamp(max=Lq) + off
+    row_pads = torch.where(rb > ra, padcum.gather(1, torch.maximum(rb, ra)) - padcum.gather(1, ra), 0)
+    full = nonempty & (key_start + BN <= Lk) & (pads == 0) & (row_pads == 0) & (f_lo < f_hi)
     f_lo = torch.where(full, torch.minimum(torch.maximum(f_lo, m_lo), m_hi), m_hi)
     f_hi = torch.where(full, torch.minimum(f_hi, m_hi), m_hi)
     return m_lo, f_lo, torch.maximum(f_hi, f_lo), m_hi

@@ -51,14 +51,14 @@ def mask_functions():
     return [getattr(tk, n) for n in ("_allowed",) if hasattr(tk, n)]
 
 
-def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None):
+def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=()):
     """(kernel, dtype, head_dim, launch, config key, in_autotune) for every variant to compile."""
     from .capture import autotune_configs, capture_launches, key_of
 
     out = []
     for dtype in dtypes:
         for d in head_dims:
-            launches = capture_launches(dtype, d, **LAUNCH)
+            launches = capture_launches(dtype, d, features=tuple(features), **LAUNCH)
             for kind in kernels:
                 listed, kept = autotune_configs(kind, launches[kind])
                 kept_keys = {key_of(c) for c in kept}
@@ -170,6 +170,8 @@ def build_parser():
     p.add_argument("--kernels", default="fwd,dq,dkdv")
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--head-dims", default=",".join(map(str, HEAD_DIMS)))
+    p.add_argument("--features", default="", help="optional kernel paths to switch on: groups,window "
+                                                    "(default: none, the plain MMA launch)")
     p.add_argument("--only", help="only these configs, e.g. fwd:128x64x8x3,dq:64x64x4x2 (block_m x block_n x "
                                   "warps x stages)")
     return p
@@ -183,18 +185,19 @@ def main(argv=None) -> int:
     from .sass import function_lines
 
     mask_lines = function_lines(*mask_functions())
+    feats = [f for f in a.features.split(",") if f]
     todo = variants(a.kernels.split(","), a.dtypes.split(","), [int(x) for x in a.head_dims.split(",")], a.all,
-                    _parse_only(a.only))
+                    _parse_only(a.only), feats)
     print(f"compiling {len(todo)} variants for sm_{a.arch} (no GPU needed)", file=sys.stderr, flush=True)
     records = []
     for i, v in enumerate(todo):
-        r = compile_variant(*v, a.arch, mask_lines)
+        r = dict(compile_variant(*v, a.arch, mask_lines), features=feats)
         records.append(r)
         brief = r.get("error") or (f"regs {r['regs']} spill {r['spill_bytes']} HGMMA {r['hgmma']} HMMA {r['hmma']} "
                                    f"loops plain {_fmt_loops(r, 'plain')} masked {_fmt_loops(r, 'masked')}")
         print(f"[{i + 1}/{len(todo)}] {r['kernel']} {r['dtype']} D={r['head_dim']} {r['block_m']}x{r['block_n']} "
               f"w{r['num_warps']} s{r['num_stages']}: {brief} ({r['compile_s']} s)", file=sys.stderr, flush=True)
-    head = header(a.arch, argv)
+    head = dict(header(a.arch, argv), features=feats)
     js = a.json or (os.path.join(RESULTS, f"sm{a.arch}{'_all' if a.all else ''}.json") if a.save else None)
     md_text = markdown(records, head)
     if js:

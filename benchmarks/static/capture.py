@@ -87,26 +87,40 @@ class _Capture:
 
 
 def capture_launches(dtype: str = "bf16", head_dim: int = 128, batch: int = 1, heads_q: int = 32, heads_kv: int = 8,
-                     seqlen: int = 16384) -> Dict[str, Launch]:
-    """Run the real forward and backward launchers on meta tensors and return their launches by kind."""
+                     seqlen: int = 16384, features: Tuple[str, ...] = ()) -> Dict[str, Launch]:
+    """Run the real forward and backward launchers on meta tensors and return their launches by kind.
+
+    `features`: ``"groups"`` (a second mutual level, `MMAMask(group_ids=...)`) and/or ``"window"`` (a
+    sliding window) switch on the kernels' optional paths, as a user's call would.
+    """
     from mma_kernels import MMAMask
     from mma_kernels.ops import triton_ops
 
     if triton_ops.interpreting():
         raise RuntimeError("static compilation needs TRITON_INTERPRET unset")
+    unknown = set(features) - {"groups", "window"}
+    if unknown:
+        raise ValueError(f"features: expected groups and/or window, got {sorted(unknown)}")
     dt = DTYPES[dtype]
     mk = lambda h: torch.empty(batch, h, seqlen, head_dim, device="meta", dtype=dt, requires_grad=True)  # noqa: E731
     q, k, v = mk(heads_q), mk(heads_kv), mk(heads_kv)
     # a realistic mask: text, one image with look-ahead, text (the values do not enter the specialisation)
     mod = torch.zeros(batch, seqlen, dtype=torch.int32)
     mod[:, seqlen // 8: seqlen // 8 + 576] = 1
-    mask = MMAMask(mod, torch.zeros_like(mod))
+    kw = {}
+    if "groups" in features:
+        kw["group_ids"] = torch.zeros_like(mod)
+    mask = MMAMask(mod, torch.zeros_like(mod), **kw)
+    extra = ()
+    if "window" in features:
+        window = 4096
+        extra = (mask.window_fields(window), window)
     sink: List[Launch] = []
     saved = dict(triton_ops._tuned)
     try:
         for kind in saved:
             triton_ops._tuned[kind] = _Capture(kind, sink)
-        out, _lse = triton_ops.TritonMMAttention.apply(q, k, v, mask, head_dim ** -0.5)
+        out, _lse = triton_ops.TritonMMAttention.apply(q, k, v, mask, head_dim ** -0.5, *extra)
         torch.autograd.grad(out, (q, k, v), torch.empty_like(out))
     finally:
         triton_ops._tuned.update(saved)
