@@ -8,7 +8,7 @@ import torch
 from .mask import MMAMask
 from .validation import check_attention_inputs, resolve_scale
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "flex")
 
 
 def _pick_backend(backend: str, device: torch.device) -> str:
@@ -47,7 +47,9 @@ def mma_attention(
         return_lse: also return the log-sum-exp of the scores, float32 [B, Hq, Lq] (natural
             log; -inf for padding queries).
         backend: ``"auto"`` (Triton on CUDA, PyTorch on CPU), ``"triton"`` (CUDA, or CPU
-            under ``TRITON_INTERPRET=1``), ``"torch"`` (any device, chunked, O(chunk * Lk) memory).
+            under ``TRITON_INTERPRET=1``), ``"torch"`` (any device, chunked, O(chunk * Lk) memory),
+            ``"flex"`` (FlexAttention with a BlockMask built from the mask's fields; compiled on
+            CUDA, eager and forward-only on CPU).
 
     Returns:
         out [B, Hq, Lq, D] in q's dtype (and lse). Padding queries give 0 and zero gradients.
@@ -58,6 +60,11 @@ def mma_attention(
     check_attention_inputs(q, k, v, mask, scale)
     scale = resolve_scale(scale, q.shape[-1])
     picked = _pick_backend(backend, q.device)
+    if picked == "flex":  # FlexAttention with a BlockMask from the mask's fields (ops/flex_ops.py)
+        from .ops.flex_ops import flex_mma_attention
+
+        out, lse = flex_mma_attention(q, k, v, mask, scale)
+        return (out, lse) if return_lse else out
     if torch.compiler.is_compiling():
         # under torch.compile: the torch.library op (fake impl + autograd), so no graph break here
         from .ops.library import mma_attention_op
