@@ -24,7 +24,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .mask import DOC, KMOD, KV_HI, KV_LO, QBITS, SEG, MMAMask
+from .mask import DOC, KMOD, KV_HI, KV_LO, QBITS, SEG, MMAMask, _per_run
 
 BlockSize = Union[int, Tuple[int, int]]
 EMPTY, PARTIAL, FULL = 0, 1, 2
@@ -44,12 +44,15 @@ def _block_sizes(block_size: BlockSize) -> Tuple[int, int]:
     return sizes
 
 
-def _check_window(window) -> None:
-    if window is not None:
-        raise ValueError(
-            f"window: {window!r} is not supported by the FlexAttention BlockMask builder of this version; "
-            f"use window=None (or backend='torch' / 'triton')"
-        )
+def _check_window(window) -> Optional[int]:
+    """None (no limit) or a positive int: causal keys must satisfy ``i - j < window``."""
+    if window is None:
+        return None
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise TypeError(f"window: expected a positive int or None, got {type(window).__name__} {window!r}")
+    if window < 1:
+        raise ValueError(f"window: expected a positive int or None, got {window}")
+    return window
 
 
 def _blocks(x: torch.Tensor, size: int, fill: int) -> torch.Tensor:
@@ -81,7 +84,7 @@ def _and_reduce(x: torch.Tensor) -> torch.Tensor:
 def tile_classes(mask: MMAMask, q_len: Optional[int] = None, block_size: BlockSize = 128,
                  window: Optional[int] = None) -> torch.Tensor:
     """int8 [B, nQB, nKB]: EMPTY (0), PARTIAL (1) or FULL (2) for every (query block, key block) tile."""
-    _check_window(window)
+    W = _check_window(window)
     BM, BN = _block_sizes(block_size)
     off = mask.query_offset(q_len)
     Lk = mask.seq_len
@@ -127,15 +130,20 @@ def tile_classes(mask: MMAMask, q_len: Optional[int] = None, block_size: BlockSi
     R = lambda x: x[..., :, None]  # noqa: E731  per query block -> grid
     K = lambda x: x[..., None, :]  # noqa: E731  per key block -> grid
     same_seg = (R(r_seg_min) == R(r_seg_max)) & (K(k_seg_min) == K(k_seg_max)) & (R(r_seg_min) == K(k_seg_min))
+    # no key of the tile is in any row's causal window [i - W + 1, i] ...
+    out_of_window = K(k_start) > R(r_last)
+    if W is not None:
+        out_of_window = out_of_window | (K(k_end) - 1 < R(r_first) - W + 1)
+    # ... nor reachable through the policy, which needs a shared segment and a policy bit
+    no_policy = ((R(r_bits_or) & K(k_bits)) == 0) | (K(k_seg_min) > R(r_seg_max)) | (K(k_seg_max) < R(r_seg_min))
     empty = (
         ~R(rvalid.any(-1)) | ~K(k_any_valid)
         | (R(r_min_lo) > K(k_end) - 1) | (R(r_max_hi) < K(k_start))
-        # every key after every row: only look-ahead, which needs a shared segment and a policy bit
-        | ((K(k_start) > R(r_last)) & (((R(r_bits_or) & K(k_bits)) == 0)
-                                       | (K(k_seg_min) > R(r_seg_max)) | (K(k_seg_max) < R(r_seg_min))))
+        | (out_of_window & no_policy)
     )
     whole = R(r_all_valid) & K(k_all_valid)
-    causal_full = (R(r_max_lo) <= K(k_start)) & (R(r_first) >= K(k_end) - 1)
+    first_key = R(r_max_lo) if W is None else torch.maximum(R(r_max_lo), R(r_last) - W + 1)
+    causal_full = (first_key <= K(k_start)) & (R(r_first) >= K(k_end) - 1)
     look_full = same_seg & ((R(r_bits_and) & K(k_bits)) == K(k_bits))
     full = whole & (causal_full | look_full)
     cls = torch.where(full, FULL, torch.where(empty, EMPTY, -1)).to(torch.int8)
@@ -143,14 +151,21 @@ def tile_classes(mask: MMAMask, q_len: Optional[int] = None, block_size: BlockSi
     # ---------------------------------------------------------------- exact classification of the rest
     todo = (cls < 0).nonzero()  # [T, 3]: (b, m, n)
     if todo.numel():
-        cls[todo[:, 0], todo[:, 1], todo[:, 2]] = _exact(mask, m, pad, todo, off, Lq, Lk, BM, BN)
+        cls[todo[:, 0], todo[:, 1], todo[:, 2]] = _exact(m, pad, todo, off, Lq, Lk, BM, BN, W)
     return cls
 
 
-def _exact(mask, m, pad, todo, off, Lq, Lk, BM, BN) -> torch.Tensor:
-    """Exact class of each tile in `todo` [T, 3] from per-row allowed-key counts (prefix sums)."""
+def _exact(m, pad, todo, off, Lq, Lk, BM, BN, W) -> torch.Tensor:
+    """Exact class of each tile in `todo` [T, 3] from per-row allowed-key counts (prefix sums).
+
+    Row i's allowed keys are A | S: A = valid keys in [max(doc start, i - W + 1), i] (causal,
+    windowed), S = valid keys of its segment whose modality is in its policy bits. Per tile
+    [a, e): |A| + sum over policy modalities k of (|S_k| - |A & S_k|), each an interval count."""
     dev = m.device
     valid = m[:, DOC] >= 0
+    pos = torch.arange(Lk, device=dev).expand_as(valid)
+    seg_lo = _per_run(m[:, SEG], torch.where(valid, pos, Lk), "amin", Lk)
+    seg_hi = _per_run(m[:, SEG], torch.where(valid, pos, -1), "amax", -1)
     kmod = m[:, KMOD]
     bits_any = int(_or_reduce(torch.where(valid, m[:, QBITS], 0).flatten()[None])[0])
     present = torch.unique(kmod[valid]).tolist() if bits_any else []
@@ -169,7 +184,10 @@ def _exact(mask, m, pad, todo, off, Lq, Lk, BM, BN) -> torch.Tensor:
         i = off + rows.clamp(max=Lq - 1)  # absolute positions
         bi = b[:, None].expand_as(i)
         lo = torch.where(exists, m[bi, KV_LO, i], Lk)
+        if W is not None:
+            lo = torch.maximum(lo, i - W + 1)
         hi = torch.where(exists, m[bi, KV_HI, i], -1)
+        s_lo, s_hi = seg_lo[bi, i], seg_hi[bi, i]
         a = (nb * BN)[:, None]
         e = torch.clamp(a + BN, max=Lk)
         base = bi * stride
@@ -179,14 +197,15 @@ def _exact(mask, m, pad, todo, off, Lq, Lk, BM, BN) -> torch.Tensor:
             y = torch.maximum(x, y)
             return cum[base + y] - cum[base + x]
 
-        # causal part: valid keys in [max(a, lo), min(e, i + 1))
+        # causal part A: valid keys in [max(a, lo), min(e, i + 1))
         x, y = torch.maximum(a, lo), torch.minimum(e, i + 1)
         n_ok = (y - x).clamp(min=0) - span(flat_pad, x, y)
-        # look-ahead part: keys in [max(a, i + 1), min(e, hi + 1)) of a modality in the row's bits
-        x, y = torch.maximum(a, i + 1), torch.minimum(e, hi + 1)
+        # policy part: keys of the segment [s_lo, s_hi] of a modality in the row's bits, minus A
+        sx, sy = torch.maximum(a, s_lo), torch.minimum(e, s_hi + 1)
+        ax = torch.maximum(x, s_lo)
         qbits = m[bi, QBITS, i]
         for k, cum in counts.items():
-            n_ok = n_ok + torch.where(((qbits >> k) & 1) != 0, span(cum, x, y), 0)
+            n_ok = n_ok + torch.where(((qbits >> k) & 1) != 0, span(cum, sx, sy) - span(cum, ax, y), 0)
         n_ok = torch.where(exists & (hi >= 0), n_ok, 0)
         full = (n_ok == BN).all(-1)
         out[t0:t0 + step] = torch.where(full, FULL, torch.where(n_ok.sum(-1) > 0, PARTIAL, EMPTY)).to(torch.int8)
@@ -205,7 +224,7 @@ def _ordered(dense: torch.Tensor):
 def mask_mod(mask: MMAMask, q_len: Optional[int] = None, window: Optional[int] = None):
     """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` reading `mask`'s O(L) fields (bottom-right
     aligned for ``q_len < Lk``): the contract for the pairs inside partial tiles."""
-    _check_window(window)
+    W = _check_window(window)
     off = mask.query_offset(q_len)
     doc, seg, kmod, qbits = (mask.meta[:, f].contiguous() for f in (DOC, SEG, KMOD, QBITS))
 
@@ -215,7 +234,13 @@ def mask_mod(mask: MMAMask, q_len: Optional[int] = None, window: Optional[int] =
         look = (seg[b, i] == seg[b, kv_idx]) & (((qbits[b, i] >> kmod[b, kv_idx]) & 1) != 0)
         return (qd >= 0) & (qd == doc[b, kv_idx]) & ((kv_idx <= i) | look)
 
-    return mma_mask_mod
+    def mma_window_mask_mod(b, h, q_idx, kv_idx):
+        i = q_idx + off
+        qd = doc[b, i]
+        look = (seg[b, i] == seg[b, kv_idx]) & (((qbits[b, i] >> kmod[b, kv_idx]) & 1) != 0)
+        return (qd >= 0) & (qd == doc[b, kv_idx]) & (((kv_idx <= i) & (i - kv_idx < W)) | look)
+
+    return mma_mask_mod if W is None else mma_window_mask_mod
 
 
 def to_block_mask(mask: MMAMask, block_size: BlockSize = 128, q_len: Optional[int] = None,
@@ -251,7 +276,7 @@ _CACHE: "weakref.WeakKeyDictionary[MMAMask, dict]" = weakref.WeakKeyDictionary()
 def cached_block_mask(mask: MMAMask, q_len: int, block_size: BlockSize = 128, window: Optional[int] = None):
     """`to_block_mask`, built once per (mask, q_len, block_size, window) and reused by every layer."""
     per_mask = _CACHE.setdefault(mask, {})
-    key = (q_len, _block_sizes(block_size), window)
+    key = (q_len, _block_sizes(block_size), _check_window(window))
     if key not in per_mask:
         per_mask[key] = to_block_mask(mask, block_size, q_len, window)
     return per_mask[key]

@@ -63,6 +63,28 @@ def test_forward_backward_cuda(dtype, B, Hq, Hkv, Lq, Lk, D, layout, policy):
     check_forward(dtype, B, Hq, Hkv, Lq, Lk, D, layout, policy, device="cuda", backward=True)
 
 
+def test_window_forward_cpu():
+    """A causal window through the same backend, against fp64 attention with the window rule's
+    dense mask (from the raw ids: tests/test_flex_blockmask.py's window_mask_mod)."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from mma_kernels.ops.flex_ops import flex_mma_attention
+    from test_flex_blockmask import window_mask_mod
+
+    B, Hq, Hkv, Lq, Lk, D, W = 2, 4, 2, 90, 120, 32, 24
+    mod, seg, doc = make_layout("multi_image", B, Lk, seed=4)
+    mod[1, 100:] = -1
+    mask = MMAMask(mod, seg, doc)
+    q, k, v = (t.detach() for t in make_qkv(B, Hq, Hkv, Lq, Lk, D, torch.bfloat16, seed=6))
+    out, lse = flex_mma_attention(q, k, v, mask, D ** -0.5, window=W)
+    allowed = create_mask(window_mask_mod(mod, seg, doc, "mma", Lk - Lq, W), B, 1, Lq, Lk, device="cpu")[:, 0]
+    assert not torch.equal(allowed, mask.to_dense(Lq))  # the window removes pairs
+    ref, ref_lse = plain_attention(q.double(), k.double(), v.double(), allowed, D ** -0.5)
+    pout, plse = plain_attention(q, k, v, allowed, D ** -0.5)
+    assert_rule("out", out, ref, pout, torch.bfloat16)
+    assert_rule("lse", lse, ref_lse, plse, torch.bfloat16)
+
+
 def test_padding_keys_are_inert():
     """NaN and inf in padding keys/values do not reach any output (a masked score times NaN is NaN)."""
     mod, seg, doc = make_layout("right_pad", 2, 80, seed=3)
@@ -99,7 +121,9 @@ def test_errors():
     with torch.no_grad():
         assert torch.isfinite(mma_attention(q, k, v, mask, backend="flex")).all()
     with pytest.raises(ValueError, match="window"):
-        mask.to_block_mask(window=8)
+        mask.to_block_mask(window=0)
+    with pytest.raises(TypeError, match="window"):
+        mask.to_block_mask(window=2.5)
     with pytest.raises(TypeError, match="block_size"):
         mask.to_block_mask(block_size=16.0)
     with pytest.raises(ValueError, match="block_size"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import Optional
 
 import torch
 
@@ -42,8 +43,10 @@ def _call(fn, q, k, v, block_mask, scale, gqa):
         return out, aux.lse
 
 
-def flex_mma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MMAMask, scale: float):
-    """(out, lse) of the contract through FlexAttention. Inputs already validated by `mma_attention`."""
+def flex_mma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MMAMask, scale: float,
+                       window: Optional[int] = None):
+    """(out, lse) of the contract through FlexAttention. Inputs already validated by `mma_attention`;
+    ``window`` limits causal keys to ``i - j < window`` (policy pairs inside a segment stay allowed)."""
     if q.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError(
             f"backend: 'flex' has no backward on {q.device.type} (FlexAttention supports backward on CUDA only); "
@@ -52,7 +55,7 @@ def flex_mma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     if q.device.type != "cuda" and not torch.is_grad_enabled():
         q, k, v = q.detach(), k.detach(), v.detach()  # FlexAttention refuses CPU tensors requiring grad
     Lq, Lk = q.shape[2], k.shape[2]
-    block_mask = cached_block_mask(mask, Lq, BLOCK_SIZE)
+    block_mask = cached_block_mask(mask, Lq, BLOCK_SIZE, window)  # validates window
     valid = mask.meta[:, DOC] >= 0  # [B, Lk]
     if mask not in _has_padding:
         _has_padding[mask] = bool(mask.padcum[:, -1].any())
