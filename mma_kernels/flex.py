@@ -24,7 +24,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .mask import DOC, KMOD, KV_HI, KV_LO, QBITS, SEG, MMAMask, _per_run
+from .mask import DOC, GBITS, GRP, KMOD, KV_HI, KV_LO, QBITS, SEG, MMAMask, _per_run
+from .validation import check_window
 
 BlockSize = Union[int, Tuple[int, int]]
 EMPTY, PARTIAL, FULL = 0, 1, 2
@@ -45,14 +46,9 @@ def _block_sizes(block_size: BlockSize) -> Tuple[int, int]:
 
 
 def _check_window(window) -> Optional[int]:
-    """None (no limit) or a positive int: causal keys must satisfy ``i - j < window``."""
-    if window is None:
-        return None
-    if not isinstance(window, int) or isinstance(window, bool):
-        raise TypeError(f"window: expected a positive int or None, got {type(window).__name__} {window!r}")
-    if window < 1:
-        raise ValueError(f"window: expected a positive int or None, got {window}")
-    return window
+    """None (no limit) or an int >= 1: causal keys must satisfy ``i - j < window``."""
+    check_window(window)
+    return None if window is None else int(window)
 
 
 def _blocks(x: torch.Tensor, size: int, fill: int) -> torch.Tensor:
@@ -91,83 +87,86 @@ def tile_classes(mask: MMAMask, q_len: Optional[int] = None, block_size: BlockSi
     Lq = Lk - off
     dev = mask.device
     m = mask.meta.long()
-    B = m.shape[0]
     big = Lk
     pad = mask.padcum.long()  # [B, Lk + 1]
+    # mutual levels: (run field, bits field): segments under the policy, groups under the group policy
+    levels = [(SEG, QBITS)] + ([(GRP, GBITS)] if mask.has_groups else [])
 
     # ---------------------------------------------------------------- per query block
     lo = _blocks(m[:, KV_LO, off:], BM, big)  # [B, nQB, BM]; missing rows are padding-like
     hi = _blocks(m[:, KV_HI, off:], BM, -1)
     rvalid = _blocks(m[:, DOC, off:] >= 0, BM, False)
-    rseg = _blocks(m[:, SEG, off:], BM, -1)
-    rbits = _blocks(m[:, QBITS, off:], BM, 0)
     nQB = lo.shape[1]
+    r_any_valid, r_all_valid = rvalid.any(-1), rvalid.all(-1)
     r_min_lo = lo.amin(-1)
     r_max_hi = hi.amax(-1)
-    r_all_valid = rvalid.all(-1)
     r_max_lo = torch.where(rvalid, lo, -1).amax(-1)
-    r_seg_min = torch.where(rvalid, rseg, big).amin(-1)
-    r_seg_max = rseg.amax(-1)
-    r_bits_or = _or_reduce(rbits)
-    r_bits_and = torch.where(r_all_valid, _and_reduce(rbits), 0)
     r_first = off + torch.arange(nQB, device=dev) * BM  # absolute position of the block's first row
     r_last = off + torch.clamp((torch.arange(nQB, device=dev) + 1) * BM, max=Lq) - 1
 
     # ---------------------------------------------------------------- per key block
     kvalid = _blocks(m[:, DOC] >= 0, BN, False)
-    kseg = _blocks(m[:, SEG], BN, -1)
     kbit = torch.where(kvalid, 1 << _blocks(m[:, KMOD], BN, 0), 0)
     nKB = kvalid.shape[1]
     k_start = torch.arange(nKB, device=dev) * BN
     k_end = torch.clamp(k_start + BN, max=Lk)  # exclusive
     k_any_valid = kvalid.any(-1)
     k_all_valid = kvalid.all(-1)  # a short last block has missing keys: never all valid
-    k_seg_min = torch.where(kvalid, kseg, big).amin(-1)
-    k_seg_max = kseg.amax(-1)
     k_bits = _or_reduce(kbit)
 
     # ---------------------------------------------------------------- block-level decisions [B, nQB, nKB]
     R = lambda x: x[..., :, None]  # noqa: E731  per query block -> grid
     K = lambda x: x[..., None, :]  # noqa: E731  per key block -> grid
-    same_seg = (R(r_seg_min) == R(r_seg_max)) & (K(k_seg_min) == K(k_seg_max)) & (R(r_seg_min) == K(k_seg_min))
     # no key of the tile is in any row's causal window [i - W + 1, i] ...
     out_of_window = K(k_start) > R(r_last)
     if W is not None:
         out_of_window = out_of_window | (K(k_end) - 1 < R(r_first) - W + 1)
-    # ... nor reachable through the policy, which needs a shared segment and a policy bit
-    no_policy = ((R(r_bits_or) & K(k_bits)) == 0) | (K(k_seg_min) > R(r_seg_max)) | (K(k_seg_max) < R(r_seg_min))
-    empty = (
-        ~R(rvalid.any(-1)) | ~K(k_any_valid)
-        | (R(r_min_lo) > K(k_end) - 1) | (R(r_max_hi) < K(k_start))
-        | (out_of_window & no_policy)
-    )
+    # ... nor reachable through a mutual level, which needs a shared run and a policy bit
+    unreachable = out_of_window
     whole = R(r_all_valid) & K(k_all_valid)
     first_key = R(r_max_lo) if W is None else torch.maximum(R(r_max_lo), R(r_last) - W + 1)
-    causal_full = (first_key <= K(k_start)) & (R(r_first) >= K(k_end) - 1)
-    look_full = same_seg & ((R(r_bits_and) & K(k_bits)) == K(k_bits))
-    full = whole & (causal_full | look_full)
-    cls = torch.where(full, FULL, torch.where(empty, EMPTY, -1)).to(torch.int8)
+    full = (first_key <= K(k_start)) & (R(r_first) >= K(k_end) - 1)  # causal: every key in every window
+    for run_f, bits_f in levels:
+        rrun = _blocks(m[:, run_f, off:], BM, -1)
+        rbits = _blocks(m[:, bits_f, off:], BM, 0)
+        krun = _blocks(m[:, run_f], BN, -1)
+        r_run_min, r_run_max = torch.where(rvalid, rrun, big).amin(-1), rrun.amax(-1)
+        k_run_min, k_run_max = torch.where(kvalid, krun, big).amin(-1), krun.amax(-1)
+        r_bits_and = torch.where(r_all_valid, _and_reduce(rbits), 0)
+        no_pair = ((R(_or_reduce(rbits)) & K(k_bits)) == 0) | (K(k_run_min) > R(r_run_max)) | (K(k_run_max) < R(r_run_min))
+        unreachable = unreachable & no_pair
+        # one run holds every row and key, and every row may see every key modality of the tile
+        one_run = (R(r_run_min) == R(r_run_max)) & (K(k_run_min) == K(k_run_max)) & (R(r_run_min) == K(k_run_min))
+        full = full | (one_run & ((R(r_bits_and) & K(k_bits)) == K(k_bits)))
+    empty = (~R(r_any_valid) | ~K(k_any_valid) | (R(r_min_lo) > K(k_end) - 1) | (R(r_max_hi) < K(k_start))
+             | unreachable)
+    cls = torch.where(whole & full, FULL, torch.where(empty, EMPTY, -1)).to(torch.int8)
 
     # ---------------------------------------------------------------- exact classification of the rest
     todo = (cls < 0).nonzero()  # [T, 3]: (b, m, n)
     if todo.numel():
-        cls[todo[:, 0], todo[:, 1], todo[:, 2]] = _exact(m, pad, todo, off, Lq, Lk, BM, BN, W)
+        cls[todo[:, 0], todo[:, 1], todo[:, 2]] = _exact(m, pad, levels, todo, off, Lq, Lk, BM, BN, W)
     return cls
 
 
-def _exact(m, pad, todo, off, Lq, Lk, BM, BN, W) -> torch.Tensor:
+def _exact(m, pad, levels, todo, off, Lq, Lk, BM, BN, W) -> torch.Tensor:
     """Exact class of each tile in `todo` [T, 3] from per-row allowed-key counts (prefix sums).
 
-    Row i's allowed keys are A | S: A = valid keys in [max(doc start, i - W + 1), i] (causal,
-    windowed), S = valid keys of its segment whose modality is in its policy bits. Per tile
-    [a, e): |A| + sum over policy modalities k of (|S_k| - |A & S_k|), each an interval count."""
+    Row i's allowed keys: A = valid keys in [w_lo, i], w_lo = max(document start, i - W + 1)
+    (causal, windowed), plus, per key modality k, the keys of modality k in its segment if the
+    policy has (mod[i], k) and in its group if the group policy has it. Those runs and [w_lo, i]
+    all contain i, so for each k their union is one interval U_k, and the count in a tile [a, e)
+    is |A| + sum over such k of (|U_k| - |A|) restricted to modality k: interval counts only."""
     dev = m.device
     valid = m[:, DOC] >= 0
     pos = torch.arange(Lk, device=dev).expand_as(valid)
-    seg_lo = _per_run(m[:, SEG], torch.where(valid, pos, Lk), "amin", Lk)
-    seg_hi = _per_run(m[:, SEG], torch.where(valid, pos, -1), "amax", -1)
     kmod = m[:, KMOD]
-    bits_any = int(_or_reduce(torch.where(valid, m[:, QBITS], 0).flatten()[None])[0])
+    run_bounds, bits_any = [], 0
+    for run_f, bits_f in levels:
+        run = m[:, run_f]
+        run_bounds.append((_per_run(run, torch.where(valid, pos, Lk), "amin", Lk),
+                           _per_run(run, torch.where(valid, pos, -1), "amax", -1), bits_f))
+        bits_any |= int(_or_reduce(torch.where(valid, m[:, bits_f], 0).flatten()[None])[0])
     present = torch.unique(kmod[valid]).tolist() if bits_any else []
     looks = [k for k in present if (bits_any >> k) & 1]
     zero = torch.zeros_like(pad[:, :1])
@@ -180,14 +179,12 @@ def _exact(m, pad, todo, off, Lq, Lk, BM, BN, W) -> torch.Tensor:
     for t0 in range(0, todo.shape[0], step):
         b, mb, nb = todo[t0:t0 + step].unbind(1)
         rows = mb[:, None] * BM + rr  # [T, BM] query rows
-        exists = rows < Lq
         i = off + rows.clamp(max=Lq - 1)  # absolute positions
         bi = b[:, None].expand_as(i)
-        lo = torch.where(exists, m[bi, KV_LO, i], Lk)
+        ok = (rows < Lq) & valid[bi, i]
+        w_lo = m[bi, KV_LO, i]
         if W is not None:
-            lo = torch.maximum(lo, i - W + 1)
-        hi = torch.where(exists, m[bi, KV_HI, i], -1)
-        s_lo, s_hi = seg_lo[bi, i], seg_hi[bi, i]
+            w_lo = torch.maximum(w_lo, i - W + 1)
         a = (nb * BN)[:, None]
         e = torch.clamp(a + BN, max=Lk)
         base = bi * stride
@@ -197,16 +194,20 @@ def _exact(m, pad, todo, off, Lq, Lk, BM, BN, W) -> torch.Tensor:
             y = torch.maximum(x, y)
             return cum[base + y] - cum[base + x]
 
-        # causal part A: valid keys in [max(a, lo), min(e, i + 1))
-        x, y = torch.maximum(a, lo), torch.minimum(e, i + 1)
+        # A: valid keys in [max(a, w_lo), min(e, i + 1))
+        x, y = torch.maximum(a, w_lo), torch.minimum(e, i + 1)
         n_ok = (y - x).clamp(min=0) - span(flat_pad, x, y)
-        # policy part: keys of the segment [s_lo, s_hi] of a modality in the row's bits, minus A
-        sx, sy = torch.maximum(a, s_lo), torch.minimum(e, s_hi + 1)
-        ax = torch.maximum(x, s_lo)
-        qbits = m[bi, QBITS, i]
+        row_bounds = [(lo[bi, i], hi[bi, i], m[bi, bits_f, i]) for lo, hi, bits_f in run_bounds]
         for k, cum in counts.items():
-            n_ok = n_ok + torch.where(((qbits >> k) & 1) != 0, span(cum, sx, sy) - span(cum, ax, y), 0)
-        n_ok = torch.where(exists & (hi >= 0), n_ok, 0)
+            u_lo, u_hi, some = w_lo, i, torch.zeros_like(ok)
+            for lo, hi, bits in row_bounds:
+                has = ((bits >> k) & 1) != 0
+                u_lo = torch.where(has, torch.minimum(u_lo, lo), u_lo)
+                u_hi = torch.where(has, torch.maximum(u_hi, hi), u_hi)
+                some = some | has
+            extra = span(cum, torch.maximum(a, u_lo), torch.minimum(e, u_hi + 1)) - span(cum, x, y)
+            n_ok = n_ok + torch.where(some, extra, 0)
+        n_ok = torch.where(ok, n_ok, 0)
         full = (n_ok == BN).all(-1)
         out[t0:t0 + step] = torch.where(full, FULL, torch.where(n_ok.sum(-1) > 0, PARTIAL, EMPTY)).to(torch.int8)
     return out
@@ -227,20 +228,20 @@ def mask_mod(mask: MMAMask, q_len: Optional[int] = None, window: Optional[int] =
     W = _check_window(window)
     off = mask.query_offset(q_len)
     doc, seg, kmod, qbits = (mask.meta[:, f].contiguous() for f in (DOC, SEG, KMOD, QBITS))
+    grp, gbits = (mask.meta[:, f].contiguous() for f in (GRP, GBITS)) if mask.has_groups else (None, None)
 
     def mma_mask_mod(b, h, q_idx, kv_idx):
         i = q_idx + off
-        qd = doc[b, i]
-        look = (seg[b, i] == seg[b, kv_idx]) & (((qbits[b, i] >> kmod[b, kv_idx]) & 1) != 0)
-        return (qd >= 0) & (qd == doc[b, kv_idx]) & ((kv_idx <= i) | look)
+        qd, km = doc[b, i], kmod[b, kv_idx]
+        near = kv_idx <= i
+        if W is not None:
+            near = near & (i - kv_idx < W)
+        look = (seg[b, i] == seg[b, kv_idx]) & (((qbits[b, i] >> km) & 1) != 0)
+        if grp is not None:
+            look = look | ((grp[b, i] == grp[b, kv_idx]) & (((gbits[b, i] >> km) & 1) != 0))
+        return (qd >= 0) & (qd == doc[b, kv_idx]) & (near | look)
 
-    def mma_window_mask_mod(b, h, q_idx, kv_idx):
-        i = q_idx + off
-        qd = doc[b, i]
-        look = (seg[b, i] == seg[b, kv_idx]) & (((qbits[b, i] >> kmod[b, kv_idx]) & 1) != 0)
-        return (qd >= 0) & (qd == doc[b, kv_idx]) & (((kv_idx <= i) & (i - kv_idx < W)) | look)
-
-    return mma_mask_mod if W is None else mma_window_mask_mod
+    return mma_mask_mod
 
 
 def to_block_mask(mask: MMAMask, block_size: BlockSize = 128, q_len: Optional[int] = None,

@@ -2,10 +2,12 @@
 
 On CPU FlexAttention runs eagerly and forward only; the backward is checked on CUDA.
 """
+import random
+
 import pytest
 import torch
 
-from helpers import assert_rule, make_layout, make_qkv, plain_attention
+from helpers import assert_rule, make_layout, make_qkv, plain_attention, random_layout
 from mma_kernels import MMAMask, mma_attention
 from mma_kernels.flex import cached_block_mask
 from mma_kernels.reference import mma_attention_reference
@@ -63,22 +65,21 @@ def test_forward_backward_cuda(dtype, B, Hq, Hkv, Lq, Lk, D, layout, policy):
     check_forward(dtype, B, Hq, Hkv, Lq, Lk, D, layout, policy, device="cuda", backward=True)
 
 
-def test_window_forward_cpu():
-    """A causal window through the same backend, against fp64 attention with the window rule's
-    dense mask (from the raw ids: tests/test_flex_blockmask.py's window_mask_mod)."""
-    from torch.nn.attention.flex_attention import create_mask
+def test_groups_and_window_forward_cpu():
+    """Groups and a causal window through mma_attention(backend="flex"), against float64 attention
+    with the literal rule's dense mask (tests/test_groups_window.py: `rule`)."""
+    from test_groups_window import random_groups, rule
 
-    from mma_kernels.ops.flex_ops import flex_mma_attention
-    from test_flex_blockmask import window_mask_mod
-
-    B, Hq, Hkv, Lq, Lk, D, W = 2, 4, 2, 90, 120, 32, 24
-    mod, seg, doc = make_layout("multi_image", B, Lk, seed=4)
-    mod[1, 100:] = -1
-    mask = MMAMask(mod, seg, doc)
+    B, Hq, Hkv, Lq, Lk, D, W = 2, 4, 2, 50, 70, 32, 9
+    rng = random.Random(5)
+    mod, seg, doc = random_layout(rng, B, Lk, max_mod=2)
+    mod[1, 60:] = -1
+    grp = random_groups(rng, mod, doc)
+    mask = MMAMask(mod, seg, doc, policy="mma", group_ids=grp, group_policy="bidirectional_image")
     q, k, v = (t.detach() for t in make_qkv(B, Hq, Hkv, Lq, Lk, D, torch.bfloat16, seed=6))
-    out, lse = flex_mma_attention(q, k, v, mask, D ** -0.5, window=W)
-    allowed = create_mask(window_mask_mod(mod, seg, doc, "mma", Lk - Lq, W), B, 1, Lq, Lk, device="cpu")[:, 0]
-    assert not torch.equal(allowed, mask.to_dense(Lq))  # the window removes pairs
+    out, lse = mma_attention(q, k, v, mask, return_lse=True, backend="flex", window=W)
+    allowed = rule(mod, seg, doc, grp, "mma", "bidirectional_image", W, Lq)
+    assert not torch.equal(allowed, rule(mod, seg, doc, grp, "mma", "bidirectional_image", None, Lq))
     ref, ref_lse = plain_attention(q.double(), k.double(), v.double(), allowed, D ** -0.5)
     pout, plse = plain_attention(q, k, v, allowed, D ** -0.5)
     assert_rule("out", out, ref, pout, torch.bfloat16)

@@ -15,7 +15,6 @@ import torch
 
 from helpers import LAYOUTS, make_layout, random_layout
 from mma_kernels import MMAMask
-from mma_kernels.policy import policy_bits
 from mma_kernels.reference import flex_mask_mod
 
 flex = pytest.importorskip("torch.nn.attention.flex_attention")
@@ -37,32 +36,12 @@ def assert_same_lists(ours, ref):
         assert torch.equal(s1, s2), f"{idx_name} differ"
 
 
-def window_mask_mod(mod, seg, doc, policy, q_offset, window):
-    """The contract with a causal window, from the raw ids: allowed(i, j) = both valid, same
-    document, and ((j <= i and i - j < window) or (same segment and (mod[i], mod[j]) in policy))."""
-    B, L = mod.shape
-    seg = torch.arange(L).expand(B, L) if seg is None else seg
-    doc = torch.zeros_like(mod) if doc is None else doc
-    bits = policy_bits(policy)
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        i = q_idx + q_offset
-        mi, mj = mod[b, i], mod[b, kv_idx]
-        pair = ((bits[mi.clamp(min=0)] >> mj.clamp(min=0)) & 1) != 0
-        near = (kv_idx <= i) & (i - kv_idx < window)
-        return (mi >= 0) & (mj >= 0) & (doc[b, i] == doc[b, kv_idx]) & (near | ((seg[b, i] == seg[b, kv_idx]) & pair))
-
-    return mask_mod
-
-
-def compare(mod, seg, doc, policy, q_len, block_size, window=None):
-    mask = MMAMask(mod, seg, doc, policy=policy)
+def compare(mod, seg, doc, policy, q_len, block_size, window=None, grp=None, group_policy="bidirectional_image"):
+    mask = MMAMask(mod, seg, doc, policy=policy, group_ids=grp, group_policy=group_policy)
     B, Lk = mod.shape
     ours = mask.to_block_mask(block_size, q_len, window=window)
-    if window is None:
-        mm = flex_mask_mod(mod, seg, doc, policy, q_offset=Lk - q_len)
-    else:
-        mm = window_mask_mod(mod, seg, doc, policy, Lk - q_len, window)
+    mm = flex_mask_mod(mod, seg, doc, policy, q_offset=Lk - q_len, group_ids=grp, group_policy=group_policy,
+                       window=window)
     ref = flex.create_block_mask(mm, B, None, q_len, Lk, device="cpu", BLOCK_SIZE=block_size)
     assert_same_lists(ours, ref)
     return ours
@@ -103,18 +82,21 @@ def test_random_layouts():
                 rng.choice([8, 16, 32, 64, (16, 8), (8, 32)]))
 
 
-def test_random_layouts_with_window():
-    """A causal window (sliding-window layers): tiles below the band are empty, the band's
-    edges partial; keys the policy allows inside a segment stay allowed outside the window."""
+def test_random_layouts_with_groups_and_window():
+    """Groups under a group policy (Gemma 3 / PaliGemma style) and a causal window (sliding-window
+    layers): policy and group pairs stay allowed outside the window."""
+    from test_groups_window import PRESETS, random_groups
+
     rng = random.Random(13)
-    policies = ["mma", "causal", "bidirectional_image", "prefix", [(0, 2), (2, 2)]]
-    for _ in range(40):
+    for _ in range(50):
         L = rng.randint(1, 130)
         mod, seg, doc = random_layout(rng, 2, L, max_mod=2)
         if rng.random() < 0.3:
             mod[rng.randrange(2), rng.randrange(L)] = -1
-        compare(mod, seg, doc, rng.choice(policies), rng.randint(1, L), rng.choice([8, 16, (16, 8), (8, 32)]),
-                window=rng.choice([1, 3, 8, 17, 40, 200]))
+        grp = random_groups(rng, mod, doc) if rng.random() < 0.7 else None
+        compare(mod, seg, doc, rng.choice(PRESETS + [[(0, 2), (2, 2)]]), rng.randint(1, L),
+                rng.choice([8, 16, (16, 8), (8, 32)]), window=rng.choice([None, 1, 3, 8, 17, 40, 200]),
+                grp=grp, group_policy=rng.choice(PRESETS + [[(1, 0), (2, 2)]]))
     # a long causal row, window of 4 blocks: row block m has full key blocks m-3..m-1 and
     # partial ones m (the diagonal) and m-4 (the window's lower edge); the rest is empty
     mod = torch.zeros(1, 512, dtype=torch.long)
