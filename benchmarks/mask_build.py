@@ -67,7 +67,8 @@ def _median_ms(fn, reps: int):
     return statistics.median(times), out
 
 
-def run_case(name: str, L: int, batch: int, block: int, reps: int, eager_max: int, device: torch.device):
+def run_case(name: str, L: int, batch: int, block: int, reps: int, eager_max: int, device: torch.device,
+             ours_only: bool = False):
     from torch.nn.attention.flex_attention import create_block_mask
 
     lay = make_layout(name, batch, L, seed=0).to(device)
@@ -80,6 +81,8 @@ def run_case(name: str, L: int, batch: int, block: int, reps: int, eager_max: in
     rec["partial_tiles"] = int(ours.kv_num_blocks.sum())
     rec["full_tiles"] = int(ours.full_kv_num_blocks.sum())
     rec["tiles"] = batch * ours.kv_indices.shape[-2] * ours.kv_indices.shape[-1]
+    if ours_only:
+        return rec
 
     mm = flex_mask_mod(*ids)
     cbm = torch.compile(create_block_mask)
@@ -111,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3, help="timed calls per figure (median); default 3")
     p.add_argument("--eager-max", type=lambda s: parse_len(s), default=16 * 1024,
                    help="longest length for eager create_block_mask (default 16K: O(L^2) memory)")
+    p.add_argument("--ours-only", action="store_true", help="time only our build (no create_block_mask)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--output", help="also append the JSON lines to this file")
@@ -124,7 +128,8 @@ def main(argv=None) -> int:
                date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     for L in (parse_len(s) for s in args.seqlens.split(",") if s):
         for name in (s for s in args.layouts.split(",") if s):
-            rec = dict(env, **run_case(name, L, args.batch, args.block, args.reps, args.eager_max, device))
+            rec = dict(env, **run_case(name, L, args.batch, args.block, args.reps, args.eager_max, device,
+                                                args.ours_only))
             line = json.dumps(rec)
             print(line, flush=True)
             if args.output:

@@ -214,12 +214,16 @@ def _exact(m, pad, levels, todo, off, Lq, Lk, BM, BN, W) -> torch.Tensor:
 
 
 def _ordered(dense: torch.Tensor):
-    """(num_blocks [B, 1, R], indices [B, 1, R, C]) of a 0/1 matrix, in `create_block_mask`'s order:
-    present blocks ascending, then the absent ones ascending."""
-    d = dense.to(torch.int32)
-    num = d.sum(-1).to(torch.int32)
-    idx = torch.argsort(d, dim=-1, descending=True, stable=True).to(torch.int32)
-    return num[:, None].contiguous(), idx[:, None].contiguous()
+    """(num_blocks [B, 1, R], indices [B, 1, R, C]) of a 0/1 matrix [B, R, C], in `create_block_mask`'s
+    order (a stable descending argsort): present blocks ascending, then the absent ones ascending.
+    Computed by ranks and one scatter, O(R * C)."""
+    d = dense.to(torch.int32).contiguous()
+    present = d.cumsum(-1, dtype=torch.int32)
+    num = present[..., -1:]
+    cols = torch.arange(d.shape[-1], device=d.device, dtype=torch.int32).expand_as(d)
+    rank = torch.where(d != 0, present - 1, num + cols - present)  # absent: num + (absent before it)
+    idx = torch.empty_like(d).scatter_(-1, rank.long(), cols)
+    return num[..., 0][:, None].contiguous(), idx[:, None]
 
 
 def mask_mod(mask: MMAMask, q_len: Optional[int] = None, window: Optional[int] = None):
