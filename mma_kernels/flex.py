@@ -278,8 +278,10 @@ def to_block_mask(mask: MMAMask, block_size: BlockSize = 128, q_len: Optional[in
 _CACHE: "weakref.WeakKeyDictionary[MMAMask, dict]" = weakref.WeakKeyDictionary()
 
 
+@torch.compiler.disable
 def cached_block_mask(mask: MMAMask, q_len: int, block_size: BlockSize = 128, window: Optional[int] = None):
-    """`to_block_mask`, built once per (mask, q_len, block_size, window) and reused by every layer."""
+    """`to_block_mask`, built once per (mask, q_len, block_size, window) and reused by every layer.
+    Not traced by torch.compile: inside a compiled model the build runs eagerly (host syncs)."""
     per_mask = _CACHE.setdefault(mask, {})
     key = (q_len, _block_sizes(block_size), _check_window(window))
     if key not in per_mask:

@@ -21,6 +21,14 @@ _compiled = None
 _has_padding: "weakref.WeakKeyDictionary[MMAMask, bool]" = weakref.WeakKeyDictionary()
 
 
+@torch.compiler.disable
+def _padding_present(mask: MMAMask) -> bool:
+    """Whether the mask has padding tokens (one host sync per mask, cached; not traced)."""
+    if mask not in _has_padding:
+        _has_padding[mask] = bool(mask.padcum[:, -1].any())
+    return _has_padding[mask]
+
+
 def _kernel(device: torch.device):
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -57,9 +65,7 @@ def flex_mma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     Lq, Lk = q.shape[2], k.shape[2]
     block_mask = cached_block_mask(mask, Lq, BLOCK_SIZE, window)  # validates window
     valid = mask.meta[:, DOC] >= 0  # [B, Lk]
-    if mask not in _has_padding:
-        _has_padding[mask] = bool(mask.padcum[:, -1].any())
-    if _has_padding[mask]:
+    if _padding_present(mask):
         # padding keys are inert: whatever K/V hold there (NaN, inf) must not reach the output,
         # and a masked score times a NaN value is still NaN inside the kernel
         keep = valid[:, None, :, None]
