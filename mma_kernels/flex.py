@@ -4,13 +4,15 @@
 eagerly, O(Lq * Lk) memory. Here the tile lists come from the per-token ranges instead:
 
 1. Per query block and per key block, a few aggregates of the fields (min/max of the key
-   ranges, segments, AND/OR of the look-ahead bits, padding counts) decide most tiles at block
-   level: surely empty, or surely full (every pair allowed). Work: O(number of tiles).
-2. The remaining tiles (diagonal, document / segment / modality / padding boundaries) are
-   classified exactly by counting, for each query row of the tile, its allowed keys in the
-   tile with prefix sums: valid keys through ``padcum`` for the causal part, keys of each
-   modality through per-modality prefix counts for the look-ahead part. A tile is full when
-   every row of a whole tile counts ``BLOCK_N`` keys, partial when the count is positive.
+   ranges, of the segment and group runs, AND/OR of the policy bits, padding counts) decide
+   most tiles at block level: surely empty, or surely full (every pair allowed), with the
+   causal window when one is given. Work: O(number of tiles).
+2. The remaining tiles (diagonal, window edge, document / segment / group / modality /
+   padding boundaries) are classified exactly by counting, for each query row of the tile,
+   its allowed keys in the tile with prefix sums: valid keys through ``padcum`` for the causal
+   part, keys of each modality through per-modality prefix counts for the segment and group
+   parts. A tile is full when every row of a whole tile counts ``BLOCK_N`` keys, partial when
+   the count is positive.
 
 Nothing of size Lq x Lk is ever built. Lengths that are not multiples of the block size are
 handled as `create_block_mask` handles them: the mask is padded with "not allowed", so an
