@@ -3,7 +3,7 @@
 `torch.compile(flex_attention)` on CUDA (forward and backward); eager `flex_attention` on CPU,
 forward only (FlexAttention has no CPU backward; eager flex also evaluates the mask on every
 pair, so CPU is for checking, not for speed). The BlockMask is built once per
-(mask, q_len, block size) and reused by every layer (`mma_kernels.flex.cached_block_mask`).
+(mask, q_len, block size, window) and reused by every layer (`mma_kernels.flex.cached_block_mask`).
 """
 from __future__ import annotations
 
