@@ -113,6 +113,17 @@ def test_block_mask_cached_per_mask_and_query_length():
     assert mask.to_block_mask() is not first  # the public builder always builds
 
 
+@pytest.mark.parametrize("B, Hq, Hkv", [(0, 2, 1), (2, 0, 1), (2, 0, 0), (0, 0, 0)])
+def test_empty_batch_or_heads(B, Hq, Hkv):
+    mod = torch.zeros(B, 6, dtype=torch.long)
+    mask = MMAMask(mod, torch.zeros_like(mod))
+    q, k, v = torch.randn(B, Hq, 4, 16, requires_grad=True), torch.randn(B, Hkv, 6, 16), torch.randn(B, Hkv, 6, 16)
+    out, lse = mma_attention(q, k, v, mask, return_lse=True, backend="flex", window=2)
+    assert out.shape == (B, Hq, 4, 16) and lse.shape == (B, Hq, 4)
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
 def test_errors():
     mod, seg, doc = make_layout("single_image", 1, 40)
     mask = MMAMask(mod, seg, doc)

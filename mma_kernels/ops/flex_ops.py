@@ -55,6 +55,10 @@ def flex_mma_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
                        window: Optional[int] = None):
     """(out, lse) of the contract through FlexAttention. Inputs already validated by `mma_attention`;
     ``window`` limits causal keys to ``i - j < window`` (policy pairs inside a segment stay allowed)."""
+    if q.numel() == 0 or k.numel() == 0:  # empty batch or no heads: nothing to launch, zero gradients
+        B, Hq, Lq, _ = q.shape
+        out = q.new_zeros(q.shape) + 0 * (q.sum() + k.sum() + v.sum())
+        return out, torch.full((B, Hq, Lq), float("-inf"), dtype=torch.float32, device=q.device)
     if q.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError(
             f"backend: 'flex' has no backward on {q.device.type} (FlexAttention supports backward on CUDA only); "
