@@ -15,7 +15,7 @@ from .records import tflops
 from .timing import Timer, free_memory, is_oom
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-MASK_FIGURE = ("mma", "flex")  # providers that also get a "<name>+mask" record (kernel + mask build)
+MASK_FIGURE = ("mma", "flex", "flex_cbm")  # providers that also get a "<name>+mask" record (kernel + mask build)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Dict, List
 
 STYLE = {"mma": ("C0", "-o"), "mma+mask": ("C0", "--o"), "flex": ("C1", "-s"), "flex+mask": ("C1", "--s"),
+         "flex_cbm": ("C5", "-P"), "flex_cbm+mask": ("C5", "--P"),
          "sdpa_dense": ("C2", "-^"), "eager_dense": ("C3", "-v"), "sdpa_causal": ("C7", ":D"),
          "flash_attn": ("C8", ":x")}
 

@@ -98,11 +98,21 @@ class MMA(Provider):
         return {"backend": "triton" if inp.q.is_cuda else "torch (chunked CPU path)"}
 
 
+def _allow_recompiles() -> None:
+    """A sweep compiles FlexAttention once per shape: lift Dynamo's recompile limit (default 8),
+    past which it would silently fall back to eager, unfused flex_attention."""
+    import torch._dynamo
+
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 256)
+
+
 class Flex(Provider):
-    """FlexAttention with a contract mask_mod and a BlockMask; compiled on CUDA, eager on CPU."""
+    """`mma_attention(backend="flex")`: FlexAttention with the BlockMask built from MMAMask's O(L)
+    fields (`MMAMask.to_block_mask`, no per-pair mask evaluation); compiled on CUDA, eager on CPU."""
 
     name = "flex"
-    _compiled = None
 
     def no_backward(self, device):
         return "FlexAttention has no backward on CPU" if device.type != "cuda" else None
@@ -112,6 +122,31 @@ class Flex(Provider):
             return "torch.nn.attention.flex_attention not available in this torch"
         return None
 
+    def build(self, inp):
+        from mma_kernels.flex import cached_block_mask
+
+        if inp.q.is_cuda:
+            _allow_recompiles()
+        lay = inp.layout
+        mask = MMAMask(lay.modality_ids, lay.segment_ids, lay.document_ids)
+        cached_block_mask(mask, inp.q.shape[2])  # the build every layer then reuses
+        return mask
+
+    def forward(self, inp, state):
+        return mma_attention(inp.q, inp.k, inp.v, state, backend="flex")
+
+    def info(self, inp, state):
+        return {"backend": ("mma_attention(backend='flex'): torch.compile(flex_attention)" if inp.q.is_cuda
+                            else "mma_attention(backend='flex'): flex_attention (eager, CPU)")}
+
+
+class FlexCreateBlockMask(Flex):
+    """The classic Flex way: `create_block_mask` evaluating the contract's mask_mod (written from
+    the raw ids) on every (query, key) pair, compiled on CUDA; `flex_attention` with it."""
+
+    name = "flex_cbm"
+    _compiled = None
+
     @classmethod
     def kernel(cls, device):
         from torch.nn.attention.flex_attention import flex_attention
@@ -119,11 +154,7 @@ class Flex(Provider):
         if device.type != "cuda":
             return flex_attention  # compiling on CPU costs ~20 s per shape; eager flex is exact
         if cls._compiled is None:
-            import torch._dynamo
-
-            for knob in ("recompile_limit", "cache_size_limit"):  # one compile per shape in a sweep
-                if hasattr(torch._dynamo.config, knob):
-                    setattr(torch._dynamo.config, knob, 256)
+            _allow_recompiles()
             cls._compiled = torch.compile(flex_attention, dynamic=False)
         return cls._compiled
 
@@ -141,7 +172,8 @@ class Flex(Provider):
             return self.kernel(inp.q.device)(inp.q, inp.k, inp.v, block_mask=state, enable_gqa=inp.gqa)
 
     def info(self, inp, state):
-        return {"backend": "torch.compile(flex_attention)" if inp.q.is_cuda else "flex_attention (eager, CPU)"}
+        return {"backend": ("torch.compile(flex_attention) + create_block_mask(_compile=True)" if inp.q.is_cuda
+                            else "flex_attention (eager, CPU) + create_block_mask")}
 
 
 def _sdpa_backends():
@@ -259,5 +291,5 @@ class FlashAttn(Provider):
         return {"backend": f"flash_attn {flash_attn.__version__}"}
 
 
-PROVIDERS = {p.name: p for p in (MMA, Flex, SDPADense, EagerDense, SDPACausal, FlashAttn)}
+PROVIDERS = {p.name: p for p in (MMA, Flex, FlexCreateBlockMask, SDPADense, EagerDense, SDPACausal, FlashAttn)}
 DEFAULT_ORDER = ["mma", "flex", "sdpa_dense", "eager_dense", "sdpa_causal", "flash_attn"]

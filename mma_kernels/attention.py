@@ -8,7 +8,7 @@ import torch
 from .mask import MMAMask
 from .validation import check_attention_inputs, resolve_scale
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "flex")
 
 
 def _pick_backend(backend: str, device: torch.device) -> str:
@@ -48,7 +48,9 @@ def mma_attention(
         return_lse: also return the log-sum-exp of the scores, float32 [B, Hq, Lq] (natural
             log; -inf for padding queries).
         backend: ``"auto"`` (Triton on CUDA, PyTorch on CPU), ``"triton"`` (CUDA, or CPU
-            under ``TRITON_INTERPRET=1``), ``"torch"`` (any device, chunked, O(chunk * Lk) memory).
+            under ``TRITON_INTERPRET=1``), ``"torch"`` (any device, chunked, O(chunk * Lk) memory),
+            ``"flex"`` (FlexAttention with a BlockMask built from the mask's fields; compiled on
+            CUDA, eager and forward-only on CPU).
         window: sliding window (int >= 1) for the causal part, Hugging Face semantics: a query at
             position ``i`` sees the earlier keys ``j`` with ``i - j < window``; look-ahead and group
             keys are not cut. ``None`` (default): no window. Per-window bounds are derived once and
@@ -64,6 +66,11 @@ def mma_attention(
     scale = resolve_scale(scale, q.shape[-1])
     picked = _pick_backend(backend, q.device)
     window = mask.effective_window(window)
+    if picked == "flex":  # FlexAttention with a BlockMask from the mask's fields (ops/flex_ops.py)
+        from .ops.flex_ops import flex_mma_attention
+
+        out, lse = flex_mma_attention(q, k, v, mask, scale, window)
+        return (out, lse) if return_lse else out
     win = mask.window_fields(window) if window is not None else None
     if torch.compiler.is_compiling():
         # under torch.compile: the torch.library op (fake impl + autograd), so no graph break here

@@ -267,6 +267,12 @@ class MMAMask:
         cols = torch.arange(self.seq_len, device=self.device)
         return self.block(cols[off:], cols, window)
 
+    def to_block_mask(self, block_size=128, q_len: Optional[int] = None, window: Optional[int] = None):
+        """A FlexAttention `BlockMask` built from these O(L) fields (see `mma_kernels.flex`)."""
+        from .flex import to_block_mask
+
+        return to_block_mask(self, block_size, q_len, window)
+
     def num_allowed(self, q_len: Optional[int] = None, window: Optional[int] = None) -> torch.Tensor:
         """Number of allowed (query, key) pairs per batch row, int64 [B], computed in O(L)."""
         off = self.query_offset(q_len)
