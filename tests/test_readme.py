@@ -1,13 +1,87 @@
-"""The README's Python snippets run as pasted."""
+"""The README's Python snippets run as pasted, and what they claim holds.
+
+After each block runs, its variables are checked: the API block's mask is the picture drawn in
+"The mask" and its output matches the reference; the transformers block's patched model lets the
+image tokens see their question and nobody see the answer early; the AKI block's language model
+runs MMA attention.
+"""
 import pathlib
 import re
 
 import pytest
+import torch
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+TEXT = README.read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
+
+
+def _picture():
+    """The 0/1 mask drawn under '## The mask' (rows 'i=.. 1 . 1 ...')."""
+    section = TEXT[TEXT.index("## The mask"):]
+    drawing = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    rows = [line.split()[2:] for line in drawing.splitlines() if line.startswith("i=")]
+    return torch.tensor([[c == "1" for c in r] for r in rows])
+
+
+def check_api(ns):
+    from mma_kernels import MMAMask
+
+    mask, out, ref = ns["mask"], ns["out"], ns["ref"]
+    assert isinstance(mask, MMAMask)
+    picture = _picture()
+    if mask.seq_len == picture.shape[0]:
+        assert torch.equal(mask.to_dense()[0], picture), "the snippet's mask is not the README's picture"
+    assert (out - ref).abs().max() < 1e-5
+    assert ns["q"].grad is not None and torch.isfinite(ns["q"].grad).all()
+
+
+def check_hf(ns, image_id, answer_id):
+    """Images see their question (changing a question token changes the image positions' logits);
+    nothing before the answer sees it (changing an answer token leaves earlier logits unchanged)."""
+    model, ids = ns["model"], ns["ids"][:1]
+    img = (ids[0] == image_id).nonzero().flatten()
+    ans = int((ids[0] == answer_id).nonzero().flatten()[0])
+    assert len(img) and img.max() < ans - 1 and ans + 1 < ids.shape[1], "the snippet's ids changed shape"
+    question = ans - 1
+    with torch.no_grad():
+        base = model(ids).logits
+        q2 = ids.clone()
+        q2[0, question] = 3 if ids[0, question] != 3 else 4
+        seen = model(q2).logits
+        a2 = ids.clone()
+        a2[0, ans + 1] = 3 if ids[0, ans + 1] != 3 else 4
+        after = model(a2).logits
+    assert not torch.allclose(seen[0, img], base[0, img]), "image tokens do not see their question"
+    assert torch.equal(seen[0, :img.min()], base[0, :img.min()]), "text before the images sees the future"
+    assert torch.equal(after[0, :ans + 1], base[0, :ans + 1]), "a token before the answer sees the answer"
+
+
+def check_aki(ns):
+    assert ns["model"].lang_model.config._attn_implementation == "mma"
+
+
+def checks_for(block, ns):
+    found = []
+    if {"mask", "out", "ref", "q"} <= ns.keys():
+        found.append(("api", lambda: check_api(ns)))
+    ids = re.search(r"image_token_id=(\d+), answer_token_id=(\d+)", block)
+    if ids and {"model", "ids"} <= ns.keys():
+        found.append(("hf", lambda: check_hf(ns, int(ids[1]), int(ids[2]))))
+    if "AKIModel(" in block and hasattr(ns.get("model"), "lang_model"):
+        found.append(("aki", lambda: check_aki(ns)))
+    return found
 
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
 def test_readme_snippet_runs(i, capsys):
-    exec(compile(BLOCKS[i], f"README.md block {i}", "exec"), {})
+    ns = {}
+    exec(compile(BLOCKS[i], f"README.md block {i}", "exec"), ns)
+    checks = dict(checks_for(BLOCKS[i], ns))
+    # a block showing the op or the patch must be recognised, so that its claims are checked
+    if "mma_attention(" in BLOCKS[i]:
+        assert "api" in checks, "the API snippet changed: update check_api"
+    if "apply_mma(" in BLOCKS[i]:
+        assert "hf" in checks, "the transformers snippet changed: update check_hf"
+    for check in checks.values():
+        check()
