@@ -44,19 +44,22 @@ def _np(x):
 
 
 def allowed(mod, seg=None, doc=None, policy="mma", q_len=None, grp=None, group_policy="bidirectional_image",
-            window=None) -> torch.Tensor:
+            window=None, rows=None) -> torch.Tensor:
     """bool [B, Lq, Lk]; query row r sits at absolute position Lk - Lq + r (bottom-right aligned).
+    With ``rows=(r0, r1)`` only query rows r0..r1-1 are computed: [B, r1 - r0, Lk].
 
     Defaults as in the contract: no segments = every token its own segment, no documents = one
     document, no groups = no group term, no window = unbounded causal reach."""
     mod = _np(mod)
     B, L = mod.shape
     q_len = L if q_len is None else q_len
+    r0, r1 = rows if rows is not None else (0, q_len)
+    a0, a1 = L - q_len + r0, L - q_len + r1  # absolute positions of the rows computed
     seg = np.broadcast_to(np.arange(L), (B, L)) if seg is None else _np(seg)
     doc = np.zeros((B, L), dtype=np.int64) if doc is None else _np(doc)
-    i = np.arange(L - q_len, L)[None, :, None]  # absolute query positions
+    i = np.arange(a0, a1)[None, :, None]
     j = np.arange(L)[None, None, :]
-    qi = lambda a: a[:, L - q_len:, None]  # noqa: E731  query-side values [B, Lq, 1]
+    qi = lambda a: a[:, a0:a1, None]  # noqa: E731  query-side values [B, rows, 1]
     kj = lambda a: a[:, None, :]  # noqa: E731  key-side values [B, 1, Lk]
     valid = mod != -1
     mq, mk = np.clip(qi(mod), 0, None), np.clip(kj(mod), 0, None)
@@ -93,7 +96,8 @@ def attention64_with_grads(q, k, v, ok, scale, dout, dlse=None, chunk=None):
     """Oracle (out, lse, dq, dk, dv) for the loss sum(out * dout) + sum(lse * dlse), all float64.
 
     Query rows are independent, so with `chunk` the rows are processed `chunk` at a time
-    (memory O(chunk * Lk), for GPU sizes) and dk, dv are summed over the chunks."""
+    (memory O(chunk * Lk), for GPU sizes) and dk, dv are summed over the chunks. `ok` is the
+    [B, Lq, Lk] mask, or a function (r0, r1) -> the mask of query rows r0..r1-1."""
     Lq = q.shape[2]
     chunk = chunk or Lq
     k64, v64 = (t.detach().double().requires_grad_() for t in (k, v))
@@ -103,7 +107,7 @@ def attention64_with_grads(q, k, v, ok, scale, dout, dlse=None, chunk=None):
     for r0 in range(0, Lq, chunk):
         r1 = min(Lq, r0 + chunk)
         qc = q[:, :, r0:r1].detach().double().requires_grad_()
-        out, lse = attention64(qc, k64, v64, ok[:, r0:r1], scale)
+        out, lse = attention64(qc, k64, v64, ok(r0, r1) if callable(ok) else ok[:, r0:r1], scale)
         loss = (out * dout[:, :, r0:r1].double()).sum()
         if dlse is not None:
             loss = loss + (torch.where(torch.isfinite(lse), lse, 0.0) * dlse[:, :, r0:r1].double()).sum()
