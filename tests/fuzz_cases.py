@@ -1,9 +1,10 @@
 """Seeded generators for the fuzz suite (plain `random.Random`: deterministic in CI).
 
-A case is a dict: the ids (raw lists turned into tensors), the policy as the user would pass it,
-and the shapes. Layouts cover modalities 0..3 and -1, padding left/right/inside (padding ids are
-arbitrary: the contract ignores them), segments, packed documents, Lq < Lk down to 1, presets and
-random pair sets in every container type, GQA and odd head dims.
+A case is a dict: the ids (raw lists turned into tensors), the policies as the user would pass
+them, the window and the shapes. Layouts cover modalities 0..3 and -1, padding left/right/inside
+(padding ids are arbitrary: the contract ignores them), segments, packed documents, groups (the
+second mutual level), sliding windows, Lq < Lk down to 1, presets and random pair sets in every
+container type, GQA and odd head dims.
 """
 from __future__ import annotations
 
@@ -76,15 +77,20 @@ def _relabel(rng: random.Random, ids: list, lo: int, hi: int) -> list:
 
 
 def random_ids(rng: random.Random, B: int, L: int, max_mod: int = 3):
-    """(mod, seg, doc) as int tensors [B, L] (seg/doc may be None), and a description."""
+    """(mod, seg, doc, grp) as int tensors [B, L] (seg/doc/grp may be None), and a description.
+    Segments and groups are runs inside documents; groups ignore segment boundaries."""
     style = rng.choice(["aki", "runs", "runs"])
     use_seg, use_doc = rng.random() < 0.85, rng.random() < 0.6
     id_dtype = rng.choice(ID_DTYPES)
     lim = min(torch.iinfo(id_dtype).max, 1 << 20)
-    mods, segs, docs = [], [], []
+    mods, segs, docs, grps = [], [], [], []
     kinds = set()
     for _ in range(B):
         mod, seg, doc = _row(rng, L, max_mod, style)
+        grp, g = [], 0  # groups: random runs that restart at every document boundary
+        for i in range(L):
+            g += i > 0 and (doc[i] != doc[i - 1] or rng.random() < 0.2)
+            grp.append(g)
         if rng.random() < 0.35:  # padding: left, right, inside (single tokens or runs), or a whole row
             kind = rng.choice(["left", "right", "inside", "inside", "row"])
             kinds.add(kind)
@@ -102,19 +108,20 @@ def random_ids(rng: random.Random, B: int, L: int, max_mod: int = 3):
                 mod[i] = -1
         seg = _relabel(rng, seg, -lim if rng.random() < 0.3 else 0, lim)
         doc = _relabel(rng, doc, -lim if rng.random() < 0.3 else 0, lim)
+        grp = _relabel(rng, grp, -lim if rng.random() < 0.3 else 0, lim)
         if rng.random() < 0.3:  # padding carries arbitrary ids (the contract ignores them)
             for i in range(L):
                 if mod[i] == -1:
-                    seg[i], doc[i] = rng.randint(-lim, lim - 1), rng.randint(-lim, lim - 1)
+                    seg[i], doc[i], grp[i] = (rng.randint(-lim, lim - 1) for _ in range(3))
         mods.append(mod)
         segs.append(seg)
         docs.append(doc)
+        grps.append(grp)
     t = lambda x: torch.tensor(x, dtype=id_dtype)  # noqa: E731
     mod = torch.tensor(mods, dtype=rng.choice([torch.int64, torch.int32, torch.int8]))
-    if not use_doc:  # without documents, the segments must stay inside the one document: fine
-        docs = None
-    return (mod, t(segs) if use_seg else None, t(docs) if docs is not None else None,
-            f"{style} pad={sorted(kinds)} seg={use_seg} doc={use_doc} ids={id_dtype}")
+    use_grp = rng.random() < 0.4
+    return (mod, t(segs) if use_seg else None, t(docs) if use_doc else None, t(grps) if use_grp else None,
+            f"{style} pad={sorted(kinds)} seg={use_seg} doc={use_doc} grp={use_grp} ids={id_dtype}")
 
 
 def random_case(rng: random.Random, max_L: int = 40, max_bh: int = 12, dtypes=DTYPES):
@@ -122,26 +129,31 @@ def random_case(rng: random.Random, max_L: int = 40, max_bh: int = 12, dtypes=DT
     Lk = rng.choice([1, 2, 3]) if rng.random() < 0.1 else rng.randint(4, max_L)
     Lq = Lk if rng.random() < 0.55 else rng.choice([1, rng.randint(1, Lk)])
     B, (Hq, Hkv) = rng.choice([(b, h) for b in (1, 1, 2, 3) for h in GQA if b * h[0] <= max_bh])
-    mod, seg, doc, desc = random_ids(rng, B, Lk)
+    mod, seg, doc, grp, desc = random_ids(rng, B, Lk)
+    window = None if rng.random() < 0.6 else rng.choice([1, 2, rng.randint(1, Lk + 2)])
     return dict(B=B, Hq=Hq, Hkv=Hkv, Lq=Lq, Lk=Lk, D=rng.choice(HEAD_DIMS), dtype=rng.choice(dtypes),
-                mod=mod, seg=seg, doc=doc, policy=random_policy(rng), desc=desc,
+                mod=mod, seg=seg, doc=doc, grp=grp, policy=random_policy(rng), group_policy=random_policy(rng),
+                window=window, desc=desc,
                 scale=None if rng.random() < 0.7 else rng.choice([0.05, 0.3, 1.0, 2]),
                 seed=rng.randrange(1 << 30))
 
 
 def describe(case) -> str:
-    keys = ("B", "Hq", "Hkv", "Lq", "Lk", "D", "dtype", "scale", "policy", "desc")
-    return " ".join(f"{k}={case[k]}" for k in keys) + f"\nmod={case['mod'].tolist()}\nseg=" + \
-        f"{None if case['seg'] is None else case['seg'].tolist()}\ndoc={None if case['doc'] is None else case['doc'].tolist()}"
+    keys = ("B", "Hq", "Hkv", "Lq", "Lk", "D", "dtype", "scale", "policy", "group_policy", "window", "desc")
+    ids = "".join(f"\n{k}={None if case[k] is None else case[k].tolist()}" for k in ("mod", "seg", "doc", "grp"))
+    return " ".join(f"{k}={case[k]}" for k in keys) + ids
+
+
+def _as_policy(policy):
+    return ("preset", policy) if isinstance(policy, str) else ("list", sorted(map(tuple, policy)))
 
 
 def make_case(mod, seg=None, doc=None, policy="mma", Hq=2, Hkv=1, Lq=None, D=32, dtype=torch.float16, seed=0,
-              scale=None, with_lse=None):
+              scale=None, with_lse=None, grp=None, group_policy="bidirectional_image", window=None):
     """A case from given ids, for targeted tests that use the fuzz suite's oracle check."""
-    form = "preset" if isinstance(policy, str) else "list"
     case = dict(B=mod.shape[0], Hq=Hq, Hkv=Hkv, Lq=Lq or mod.shape[1], Lk=mod.shape[1], D=D, dtype=dtype, mod=mod,
-                seg=seg, doc=doc, policy=(form, policy if form == "preset" else sorted(map(tuple, policy))),
-                scale=scale, seed=seed, desc="given ids")
+                seg=seg, doc=doc, grp=grp, policy=_as_policy(policy), group_policy=_as_policy(group_policy),
+                window=window, scale=scale, seed=seed, desc="given ids")
     if with_lse is not None:
         case["with_lse"] = with_lse
     return case

@@ -32,8 +32,9 @@ def make_inputs(case, poison=False):
 
 
 def run_op(case, backend, q, k, v, dout, dlse, op=mma_attention):
-    mask = MMAMask(case["mod"], case["seg"], case["doc"], policy=user_policy(case["policy"]))
-    out, lse = op(q, k, v, mask, scale=case["scale"], return_lse=True, backend=backend)
+    mask = MMAMask(case["mod"], case["seg"], case["doc"], policy=user_policy(case["policy"]), group_ids=case["grp"],
+                   group_policy=user_policy(case["group_policy"]))
+    out, lse = op(q, k, v, mask, scale=case["scale"], return_lse=True, backend=backend, window=case["window"])
     outs, grads = (out, lse) if dlse is not None else (out,), (dout, dlse) if dlse is not None else (dout,)
     dq, dk, dv = torch.autograd.grad(outs, (q, k, v), grads)
     return out.detach(), lse.detach(), dq, dk, dv
@@ -63,7 +64,8 @@ def check_against_oracle(case, backend, op=mma_attention):
     """`op` is `mma_attention` or a wrapper of it with the same signature (e.g. compiled)."""
     q, k, v, dout, dlse = make_inputs(case)
     got = run_op(case, backend, q, k, v, dout, dlse, op)
-    ok = oracle.allowed(case["mod"], case["seg"], case["doc"], oracle_policy(case["policy"]), q_len=case["Lq"])
+    ok = oracle.allowed(case["mod"], case["seg"], case["doc"], oracle_policy(case["policy"]), q_len=case["Lq"],
+                        grp=case["grp"], group_policy=oracle_policy(case["group_policy"]), window=case["window"])
     ref = oracle.attention64_with_grads(q, k, v, ok, scale_of(case), dout, dlse)
     plain = plain_yardstick(q, k, v, ok, scale_of(case), dout, dlse)
     for what, a, r, p in zip(("out", "lse", "dq", "dk", "dv"), got, ref, plain):

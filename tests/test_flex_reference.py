@@ -24,7 +24,7 @@ def turns_ids():
 
 
 @pytest.mark.parametrize("policy", [[(1, 0), (2, 0), (1, 2)], [(2, 1), (2, 2), (0, 2)], "prefix"])
-@pytest.mark.parametrize("Lq", [64, 22])
+@pytest.mark.parametrize("Lq", [64, 60, 22])  # 60: a block of query rows ends between an image and its text
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_against_flex_explicit_pairs_look_ahead(policy, Lq, backend):
     """Explicit pairs, modality-2 look-ahead, and short queries whose rows still look ahead."""

@@ -1,7 +1,8 @@
 """The README's Python snippets run as pasted, and what they claim holds.
 
 After each block runs, its variables are checked: the API block's mask is the picture drawn in
-"The mask" and its output matches the reference; the transformers block's patched model lets the
+"The mask" and its output matches the reference; the groups/window block's outputs match the
+fp64 oracle (tests/oracle.py) from its ids; the transformers block's patched model lets the
 image tokens see their question and nobody see the answer early; the AKI block's language model
 runs MMA attention.
 """
@@ -36,6 +37,20 @@ def check_api(ns):
     assert ns["q"].grad is not None and torch.isfinite(ns["q"].grad).all()
 
 
+def check_groups_window(ns, block):
+    """The groups/window snippet: both outputs equal the fp64 oracle from its raw ids."""
+    import oracle
+
+    window = int(re.search(r"window=(\d+)", block)[1])
+    policy = re.search(r'[(, ]policy="(\w+)"', block)[1]
+    group_policy = re.search(r'group_policy="(\w+)"', block)[1]
+    q, k, v = ns["q"], ns["k"], ns["v"]
+    for out, w in ((ns["full"], None), (ns["local"], window)):
+        ok = oracle.allowed(ns["mod"], ns["seg"], None, policy, grp=ns["grp"], group_policy=group_policy, window=w)
+        ref, _ = oracle.attention64(q, k, v, ok, q.shape[-1] ** -0.5)
+        assert (out.double() - ref).abs().max() < 1e-5, f"window={w}"
+
+
 def check_hf(ns, image_id, answer_id):
     """Images see their question (changing a question token changes the image positions' logits);
     nothing before the answer sees it (changing an answer token leaves earlier logits unchanged)."""
@@ -65,6 +80,8 @@ def checks_for(block, ns):
     found = []
     if {"mask", "out", "ref", "q"} <= ns.keys():
         found.append(("api", lambda: check_api(ns)))
+    if {"full", "local", "mod", "seg", "grp"} <= ns.keys() and "window=" in block:
+        found.append(("groups_window", lambda: check_groups_window(ns, block)))
     ids = re.search(r"image_token_id=(\d+), answer_token_id=(\d+)", block)
     if ids and {"model", "ids"} <= ns.keys():
         found.append(("hf", lambda: check_hf(ns, int(ids[1]), int(ids[2]))))
@@ -80,7 +97,7 @@ def test_readme_snippet_runs(i, capsys):
     checks = dict(checks_for(BLOCKS[i], ns))
     # a block showing the op or the patch must be recognised, so that its claims are checked
     if "mma_attention(" in BLOCKS[i]:
-        assert "api" in checks, "the API snippet changed: update check_api"
+        assert checks.keys() & {"api", "groups_window"}, "an op snippet changed: update check_api/check_groups_window"
     if "apply_mma(" in BLOCKS[i]:
         assert "hf" in checks, "the transformers snippet changed: update check_hf"
     for check in checks.values():
