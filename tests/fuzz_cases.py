@@ -69,10 +69,13 @@ def _row(rng: random.Random, L: int, max_mod: int, style: str):
     return mod[:L], seg[:L], doc[:L]
 
 
-def _relabel(rng: random.Random, ids: list, lo: int, hi: int) -> list:
-    """Map the run values to distinct random values in [lo, hi] (ids need not be 0, 1, 2, ...)."""
+def _relabel(rng: random.Random, ids: list, lo: int, hi: int, extremes=None) -> list:
+    """Map the run values to distinct random values in [lo, hi) (ids need not be 0, 1, 2, ...); with
+    `extremes` (the id dtype's min and max), those two values are used too."""
     vals = sorted(set(ids))
     new = rng.sample(range(lo, hi), len(vals)) if hi - lo > 4 * len(vals) else list(range(lo, lo + len(vals)))
+    if extremes is not None:
+        new[0], new[-1] = extremes[0], extremes[-1] if len(new) > 1 else extremes[rng.randrange(2)]
     return [dict(zip(vals, new))[x] for x in ids]
 
 
@@ -106,13 +109,13 @@ def random_ids(rng: random.Random, B: int, L: int, max_mod: int = 3):
                 idx = range(a, min(L, a + rng.randint(1, 4)))
             for i in idx:
                 mod[i] = -1
-        seg = _relabel(rng, seg, -lim if rng.random() < 0.3 else 0, lim)
-        doc = _relabel(rng, doc, -lim if rng.random() < 0.3 else 0, lim)
-        grp = _relabel(rng, grp, -lim if rng.random() < 0.3 else 0, lim)
+        ext = (torch.iinfo(id_dtype).min, torch.iinfo(id_dtype).max)
+        seg, doc, grp = (_relabel(rng, x, -lim if rng.random() < 0.3 else 0, lim, ext if rng.random() < 0.15 else None)
+                         for x in (seg, doc, grp))
         if rng.random() < 0.3:  # padding carries arbitrary ids (the contract ignores them)
             for i in range(L):
                 if mod[i] == -1:
-                    seg[i], doc[i], grp[i] = (rng.randint(-lim, lim - 1) for _ in range(3))
+                    seg[i], doc[i], grp[i] = (rng.randint(*ext) for _ in range(3))
         mods.append(mod)
         segs.append(seg)
         docs.append(doc)

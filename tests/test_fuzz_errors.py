@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,8 +27,8 @@ def mask_case(rng):
     """(kind, kwargs for MMAMask, argument name the error must contain)."""
     B, L = rng.randint(1, 3), rng.randint(2, 12)
     mod, seg, doc = _ids(rng, B, L)
-    kw = dict(modality_ids=mod, segment_ids=seg, document_ids=doc)
-    name = rng.choice(["modality_ids", "segment_ids", "document_ids"])
+    kw = dict(modality_ids=mod, segment_ids=seg, document_ids=doc, group_ids=seg.clone())
+    name = rng.choice(["modality_ids", "segment_ids", "document_ids", "group_ids"])
     kind = rng.choice(["type", "dtype", "rank", "shape", "range", "runs", "nesting", "policy", "device", "empty"])
     if kind == "type":
         kw[name] = _not_tensor(rng, kw[name], none_valid=name != "modality_ids")
@@ -43,25 +44,24 @@ def mask_case(rng):
         mod[rng.randrange(B), rng.randrange(L)] = rng.choice([-2, -7, -1000, 31, 32, 1000, 1 << 40])
         kw[name] = mod
     elif kind == "runs":  # a value that comes back after another run
-        name = rng.choice(["segment_ids", "document_ids"])
+        name = rng.choice(["segment_ids", "document_ids", "group_ids"])
         L = max(L, 3)
         ids = torch.zeros(B, L, dtype=torch.long)
         a = rng.randint(1, L - 2)
         ids[rng.randrange(B), a:rng.randint(a + 1, L - 1)] = 5
         kw = dict(modality_ids=torch.zeros(B, L, dtype=torch.long), **{name: ids})
-    elif kind == "nesting":  # one segment across two documents
-        name = "segment_ids"
+    elif kind == "nesting":  # one segment (or group) across two documents
+        name = rng.choice(["segment_ids", "group_ids"])
         doc = torch.zeros(B, L, dtype=torch.long)
         doc[rng.randrange(B), rng.randint(1, L - 1):] = 1
-        kw.update(modality_ids=torch.zeros(B, L, dtype=torch.long), segment_ids=torch.zeros(B, L, dtype=torch.long),
-                  document_ids=doc)
+        kw = {"modality_ids": torch.zeros(B, L, dtype=torch.long), name: torch.zeros(B, L, dtype=torch.long),
+              "document_ids": doc}
     elif kind == "policy":
-        name = "policy"
-        kw["policy"] = rng.choice(["mutual", "MMA", "", "causal ", 5, 2.5, None, object(), [(1, 31)], [(-1, 0)],
+        name = rng.choice(["policy", "group_policy"])
+        kw[name] = rng.choice(["mutual", "MMA", "", "causal ", 5, 2.5, None, object(), [(1, 31)], [(-1, 0)],
                                    [(0, 100)], [(1,)], [(1, 2, 3)], [(1.0, 0)], [("1", 0)], [(True, 0)], [1, 0],
                                    {(0, 1): 1, 2: 3}])
-    elif kind == "device":
-        name = rng.choice(["segment_ids", "document_ids"])
+    elif kind == "device":  # ids on the meta device (no values), or beside ids on another device
         kw[name] = kw[name].to("meta")
     else:  # empty sequence
         name = "modality_ids"
@@ -80,7 +80,8 @@ def qkv_case(rng):
     k, v = torch.randn(B, Hkv, L, D).to(dtype), torch.randn(B, Hkv, L, D).to(dtype)
     args = dict(q=q, k=k, v=v, mask=mask)
     kwargs = {}
-    kind = rng.choice(["type", "rank", "dtype", "mixed", "batch", "dim", "heads", "length", "mask", "scale", "backend"])
+    kind = rng.choice(["type", "rank", "dtype", "mixed", "batch", "dim", "heads", "length", "mask", "scale", "backend",
+                       "window"])
     name = rng.choice(["q", "k", "v"])
     if kind == "type":
         args[name] = _not_tensor(rng, args[name].float())
@@ -121,7 +122,12 @@ def qkv_case(rng):
                                    MMAMask(torch.zeros(B + 1, L, dtype=torch.long))])
     elif kind == "scale":
         name = "scale"
-        kwargs["scale"] = rng.choice([-1.0, 0.0, -0.0, float("nan"), "0.5", [0.5], 1j, torch.ones(2), -3])
+        kwargs["scale"] = rng.choice([-1.0, 0.0, -0.0, float("nan"), float("inf"), float("-inf"), "0.5", [0.5], 1j,
+                                      torch.ones(2), torch.tensor(-0.5), torch.tensor(float("inf")), -3, True, False,
+                                      np.float32(-0.25), np.float64("nan"), np.int64(0)])
+    elif kind == "window":
+        name = "window"
+        kwargs["window"] = rng.choice([0, -1, -100, 1.5, 2.0, True, False, "3", [3], torch.ones(2)])
     else:
         name = "backend"
         kwargs["backend"] = rng.choice(["cuda", "Triton", "", None, 0, "flash"])
