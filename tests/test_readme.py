@@ -51,25 +51,33 @@ def check_groups_window(ns, block):
         assert (out.double() - ref).abs().max() < 1e-5, f"window={w}"
 
 
-def check_hf(ns, image_id, answer_id):
-    """Images see their question (changing a question token changes the image positions' logits);
-    nothing before the answer sees it (changing an answer token leaves earlier logits unchanged)."""
+def check_hf(ns, block):
+    """Images see their question (changing the token after the last image changes the image positions'
+    logits); nothing before the answer sees it (changing the answer's first token leaves every earlier
+    logit unchanged). The answer starts after `answer_token_id`, or at the first supervised label."""
+    image_id = int(re.search(r"image_token_(?:id|index)=(\d+)", block)[1])
+    answer = re.search(r"answer_token_id=(\d+)", block)
     model, ids = ns["model"], ns["ids"][:1]
+    extra = {k: ns[v][:1] for k, v in (("pixel_values", "pixels"), ("labels", "labels")) if v in ns}
     img = (ids[0] == image_id).nonzero().flatten()
-    ans = int((ids[0] == answer_id).nonzero().flatten()[0])
-    assert len(img) and img.max() < ans - 1 and ans + 1 < ids.shape[1], "the snippet's ids changed shape"
-    question = ans - 1
-    with torch.no_grad():
-        base = model(ids).logits
-        q2 = ids.clone()
-        q2[0, question] = 3 if ids[0, question] != 3 else 4
-        seen = model(q2).logits
-        a2 = ids.clone()
-        a2[0, ans + 1] = 3 if ids[0, ans + 1] != 3 else 4
-        after = model(a2).logits
-    assert not torch.allclose(seen[0, img], base[0, img]), "image tokens do not see their question"
-    assert torch.equal(seen[0, :img.min()], base[0, :img.min()]), "text before the images sees the future"
-    assert torch.equal(after[0, :ans + 1], base[0, :ans + 1]), "a token before the answer sees the answer"
+    if answer is not None:
+        hidden = int((ids[0] == int(answer[1])).nonzero().flatten()[0]) + 1
+    else:
+        hidden = int((extra["labels"][0] != -100).nonzero().flatten()[0])
+    question = int(img.max()) + 1
+    assert len(img) and question < hidden < ids.shape[1], "the snippet's ids changed shape"
+
+    def logits(pos):
+        x = ids.clone()
+        if pos is not None:
+            x[0, pos] = 3 if ids[0, pos] != 3 else 4
+        with torch.no_grad():
+            return model(input_ids=x, **extra).logits[0]
+
+    base, seen, after = logits(None), logits(question), logits(hidden)
+    assert not torch.allclose(seen[img], base[img]), "image tokens do not see their question"
+    assert torch.equal(seen[:img.min()], base[:img.min()]), "text before the images sees the future"
+    assert torch.equal(after[:hidden], base[:hidden]), "a token before the answer sees the answer"
 
 
 def check_aki(ns):
@@ -82,9 +90,9 @@ def checks_for(block, ns):
         found.append(("api", lambda: check_api(ns)))
     if {"full", "local", "mod", "seg", "grp"} <= ns.keys() and "window=" in block:
         found.append(("groups_window", lambda: check_groups_window(ns, block)))
-    ids = re.search(r"image_token_id=(\d+), answer_token_id=(\d+)", block)
-    if ids and {"model", "ids"} <= ns.keys():
-        found.append(("hf", lambda: check_hf(ns, int(ids[1]), int(ids[2]))))
+    if "apply_mma(" in block and {"model", "ids"} <= ns.keys() and re.search(r"image_token_(id|index)=", block) \
+            and ("answer_token_id=" in block or "labels" in ns):
+        found.append(("hf", lambda: check_hf(ns, block)))
     if "AKIModel(" in block and hasattr(ns.get("model"), "lang_model"):
         found.append(("aki", lambda: check_aki(ns)))
     return found
