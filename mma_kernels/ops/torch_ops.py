@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mask import KV_HI, KV_LO, WIN_KV_LO, MMAMask
+from ..mask import DOC, KV_HI, KV_LO, WIN_KV_LO, MMAMask
 
 _CHUNK_ELEMS = 1 << 22
 
@@ -36,6 +36,22 @@ def _grouped(x: torch.Tensor, Hkv: int) -> torch.Tensor:
     return x.reshape(B, Hkv, H // Hkv, L, D)
 
 
+def _inert(x: torch.Tensor, mask: MMAMask, first: int) -> torch.Tensor:
+    """x [B, Hkv, G, L, D] (positions first..Lk-1) with padding positions zeroed: padding K/V, q or dO
+    (NaN, inf, garbage) never reaches an output, lse or gradient."""
+    valid = mask.meta[:, DOC, first:] >= 0
+    return torch.where(valid[:, None, None, :, None], x, 0.0)
+
+
+def check_no_double_backward(backend: str) -> None:
+    """Backward is not differentiable: with create_graph=True say so instead of returning graph-less grads."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"mma_attention: double backward (create_graph=True) is not supported by the {backend!r} backend; "
+            f"its gradients are computed by a fused backward that is not itself differentiable"
+        )
+
+
 class TorchMMAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, scale, win=None, window=None):
@@ -48,8 +64,8 @@ class TorchMMAttention(torch.autograd.Function):
             ctx.save_for_backward(q, k, v, out, lse, win)
             return out, lse
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qg = _grouped(q, Hkv).to(cdt)  # [B, Hkv, G, Lq, D]
-        kf, vf = k.to(cdt)[:, :, None], v.to(cdt)[:, :, None]  # [B, Hkv, 1, Lk, D]
+        qg = _inert(_grouped(q, Hkv).to(cdt), mask, Lk - Lq)  # [B, Hkv, G, Lq, D]
+        kf, vf = (_inert(t.to(cdt)[:, :, None], mask, 0) for t in (k, v))  # [B, Hkv, 1, Lk, D]
         out = torch.zeros_like(qg)
         lse = torch.full(qg.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
         for r0, r1, blk in _chunks(mask, B, Hq, Lq, Lk, win, window):
@@ -70,6 +86,7 @@ class TorchMMAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlse):
+        check_no_double_backward("torch")
         q, k, v, out, lse, win = ctx.saved_tensors
         mask, scale, window = ctx.mask, ctx.scale, ctx.window
         B, Hq, Lq, D = q.shape
@@ -77,13 +94,14 @@ class TorchMMAttention(torch.autograd.Function):
         if q.numel() == 0:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qg = _grouped(q, Hkv).to(cdt)
-        dog = _grouped(dout, Hkv).to(cdt)
+        qg = _inert(_grouped(q, Hkv).to(cdt), mask, Lk - Lq)
+        dog = _inert(_grouped(dout, Hkv).to(cdt), mask, Lk - Lq)
         lseg = lse.reshape(B, Hkv, Hq // Hkv, Lq).to(cdt)
         delta = (dog * _grouped(out, Hkv).to(cdt)).sum(-1)
         if dlse is not None:  # lse is an output too: d lse / d s = p
             delta = delta - dlse.reshape(lseg.shape).to(cdt)
-        kf, vf = k.to(cdt)[:, :, None], v.to(cdt)[:, :, None]
+        delta = torch.where(torch.isinf(lseg), 0.0, delta)  # padding rows: whatever dlse holds there
+        kf, vf = (_inert(t.to(cdt)[:, :, None], mask, 0) for t in (k, v))
         dq = torch.zeros_like(qg)
         dk = torch.zeros_like(kf.expand(-1, -1, Hq // Hkv, -1, -1))
         dv = torch.zeros_like(dk)

@@ -145,7 +145,11 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
     f_hi = tl.where(end_row > 0, end_row, 0) // BLOCK_M
     kend = tl.minimum(key_start + BLOCK_N, Lk)
     pads = tl.load(pad_b + kend) - tl.load(pad_b + key_start)
-    full = nonempty & (key_start + BLOCK_N <= Lk) & (pads == 0) & (f_lo < f_hi)
+    # and free of padding queries (their q/dO are only zeroed in masked tiles)
+    ra = tl.minimum(tl.maximum(f_lo, m_lo) * BLOCK_M, Lq) + off
+    rb = tl.minimum(tl.minimum(f_hi, m_hi) * BLOCK_M, Lq) + off
+    row_pads = tl.where(rb > ra, tl.load(pad_b + tl.maximum(rb, ra)) - tl.load(pad_b + ra), 0)
+    full = nonempty & (key_start + BLOCK_N <= Lk) & (pads == 0) & (row_pads == 0) & (f_lo < f_hi)
     f_lo = tl.where(full, tl.minimum(tl.maximum(f_lo, m_lo), m_hi), m_hi)
     f_hi = tl.where(full, tl.minimum(f_hi, m_hi), m_hi)
     f_hi = tl.maximum(f_hi, f_lo)
@@ -163,11 +167,13 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         start = n * BLOCK_N
         offs_n = tl.arange(0, BLOCK_N)
         kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+        if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
+            k_pos = start + offs_n
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+            kv_ok = kv_ok & (k_doc >= 0)[:, None]
         k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
         qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
         if MASKED:
-            k_pos = start + offs_n
-            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
                           k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
@@ -210,7 +216,8 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM, WIN,
 
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
-    q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
+    q_ok = tile_ok & (q_doc >= 0)[:, None]  # padding query rows load as 0, whatever q holds
+    q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=q_ok, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
 
@@ -247,13 +254,15 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
         start = n * BLOCK_N
         offs_n = tl.arange(0, BLOCK_N)
         kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+        if MASKED:  # padding keys load as 0
+            k_pos = start + offs_n
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+            kv_ok = kv_ok & (k_doc >= 0)[:, None]
         k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
         v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
         qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
         p = tl.math.exp2(qk - lse2[:, None])
         if MASKED:
-            k_pos = start + offs_n
-            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
                           k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
@@ -291,12 +300,14 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM, WIN,
 
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
     ridx = tl.arange(0, BLOCK_M)[:, None]
+    row_valid = row_ok & (q_doc >= 0)  # padding query rows load q, dO, delta as 0: zero dq whatever they hold
+    q_ok = row_valid[:, None] & (offs_d < D)[None, :]
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm + ridx * sqm + offs_d[None, :],
-                mask=tile_ok, other=0.0)
+                mask=q_ok, other=0.0)
     do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + row_start.to(tl.int64) * sdm + ridx * sdm + offs_d[None, :],
-                 mask=tile_ok, other=0.0)
-    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_ok, other=0.0)
+                 mask=q_ok, other=0.0)
+    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
 
@@ -326,6 +337,9 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
         offs_m = tl.arange(0, BLOCK_M)
         rows = start + offs_m
         row_ok = rows < Lq
+        if MASKED:  # padding query rows (only ever in masked tiles) load as 0, whatever q/dO hold
+            q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
+            row_ok = row_ok & (q_doc >= 0)
         tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
         q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
         do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok, other=0.0)
@@ -334,7 +348,6 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
         qkT = _mm(k, tl.trans(q), None, DOT_PREC, UPCAST) * qk_scale  # [BLOCK_N, BLOCK_M]
         pT = tl.math.exp2(qkT - lse2[None, :])
         if MASKED:
-            q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
             ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
                           q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
                           k_grp[:, None], window, HAS_GROUPS, HAS_WINDOW)
@@ -370,10 +383,11 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM, WIN,
                                                  win_b, swf, window, HAS_WINDOW)
 
     tile_ok = key_ok[:, None] & (offs_d < D)[None, :]
+    kv_ok = tile_ok & (k_doc >= 0)[:, None]  # padding keys load as 0, whatever K/V hold
     k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + key_start.to(tl.int64) * skn
-                + offs_n[:, None] * skn + offs_d[None, :], mask=tile_ok, other=0.0)
+                + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
     v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + key_start.to(tl.int64) * svn
-                + offs_n[:, None] * svn + offs_d[None, :], mask=tile_ok, other=0.0)
+                + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(GROUP):

@@ -14,6 +14,7 @@ import triton
 
 from ..mask import NUM_FIELDS
 from . import triton_kernels as tk
+from .torch_ops import check_no_double_backward
 
 LOG2E = 1.4426950408889634
 
@@ -163,6 +164,7 @@ class TritonMMAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dlse):
+        check_no_double_backward("triton")
         q, k, v, o, lse, win = ctx.saved_tensors
         if q.numel() == 0:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None
