@@ -5,6 +5,7 @@ import torch
 import oracle
 from helpers import make_layout, make_qkv
 from mma_kernels import MMAMask, mma_attention
+from mma_kernels.ops import triton_ops
 from mma_kernels.reference import flex_mask_mod
 
 flex = pytest.importorskip("torch.nn.attention.flex_attention")
@@ -26,8 +27,10 @@ def turns_ids():
 @pytest.mark.parametrize("policy", [[(1, 0), (2, 0), (1, 2)], [(2, 1), (2, 2), (0, 2)], "prefix"])
 @pytest.mark.parametrize("Lq", [64, 60, 22])  # 60: a block of query rows ends between an image and its text
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_against_flex_explicit_pairs_look_ahead(policy, Lq, backend):
-    """Explicit pairs, modality-2 look-ahead, and short queries whose rows still look ahead."""
+def test_against_flex_explicit_pairs_look_ahead(policy, Lq, backend, monkeypatch):
+    """Explicit pairs, modality-2 look-ahead, and short queries whose rows still look ahead.
+    16 x 16 tiles: look-ahead keys then lie in key blocks past the query block's own rows."""
+    monkeypatch.setattr(triton_ops, "INTERPRET_BLOCKS", {"fwd": (16, 16), "dq": (16, 16), "dkdv": (16, 16)})
     mod, seg, doc = turns_ids()
     Lk = mod.shape[1]
     ahead = oracle.allowed(mod, seg, doc, policy, q_len=Lq) & ~oracle.allowed(mod, seg, doc, "causal", q_len=Lq)
