@@ -19,8 +19,8 @@ from mma_kernels.ops import triton_kernels as tk  # noqa: E402
 
 KERNELS = (tk.mma_fwd_kernel, tk.mma_bwd_dq_kernel, tk.mma_bwd_dkdv_kernel)
 TENSORS = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
-FP32_PTRS = {"LSE", "LSE2", "DELTA"}
-INT_PTRS = {"META", "PADCUM"}
+FP32_PTRS = {"LSE", "LSE2", "DELTA", "MROW", "LINV"}
+INT_PTRS = {"META", "PADCUM", "WIN"}
 FLOATS = {"qk_scale", "sm_scale"}
 
 
@@ -49,17 +49,22 @@ def main():
         variants = list(itertools.product(["fp16", "bf16", "fp32"], [(128, 64, 8, 3), (64, 64, 4, 2)], [64, 128]))
     else:  # the headline shapes: bf16 head dim 128 at the forward's widest tile, head dim 96 (-> 128) narrower
         variants = [("bf16", (128, 64, 8, 3), 128), ("fp16", (64, 64, 4, 2), 128)]
+    # groups and a sliding window on for every other variant (the fp16 one by default), off for the rest
+    features = {v: i % 2 == 1 for i, v in enumerate(variants)}
     target = GPUTarget("cuda", a.arch, 32)
     n = 0
     for fn in KERNELS:
         for dtype, (bm, bn, warps, stages), bd in variants:
-            consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False)
+            on = features[(dtype, (bm, bn, warps, stages), bd)]
+            consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT_PREC="ieee" if dtype == "fp32" else "tf32", UPCAST=False,
+                          HAS_GROUPS=on, HAS_WINDOW=on, SPLIT_STATS=dtype == "fp32", EXACT_DELTA=dtype == "fp32")
             t = time.time()
             k = triton.compile(ASTSource(fn, signature(fn, dtype, consts), consts), target=target,
                                options=dict(num_warps=warps, num_stages=stages))
             assert k.asm.get("cubin"), f"no cubin for {fn.__name__}"
             n += 1
-            print(f"ok {fn.__name__} {dtype} BM={bm} BN={bn} BD={bd} sm_{a.arch} {time.time() - t:.1f}s", flush=True)
+            print(f"ok {fn.__name__} {dtype} BM={bm} BN={bn} BD={bd} groups+window={on} sm_{a.arch} "
+                  f"{time.time() - t:.1f}s", flush=True)
     print(f"compiled {n} variants for sm_{a.arch}")
 
 
