@@ -43,3 +43,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("worst error / tolerance-bound ratio (1.0 = at the bound)")
         for (dtype, what), ratio in sorted(worst.items()):
             terminalreporter.write_line(f"{dtype:>9} {what:>4}: {ratio:.3f}")
+    counts = {}
+    for path in glob.glob(os.path.join(os.environ.get("MMA_RATIO_DIR", "/nonexistent"), "fuzz-*.jsonl")):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                c = counts.setdefault((r["property"], r["backend"]), [0, 0])
+                c[0] += r["cases"]
+                c[1] += r["mismatches"]
+    if counts:
+        terminalreporter.section("fuzz cases per property and backend (tests/test_fuzz*.py)")
+        for (prop, backend), (n, bad) in sorted(counts.items()):
+            terminalreporter.write_line(f"{prop:>22} {backend:>7}: {n:4d} cases, {bad} mismatches")

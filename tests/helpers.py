@@ -154,6 +154,16 @@ def _record(dtype, what, ratio):
         f.write(json.dumps({"dtype": str(dtype).replace("torch.", ""), "what": what, "ratio": ratio}) + "\n")
 
 
+def record_count(prop: str, backend: str, cases: int, mismatches: int):
+    """Fuzz counts per property and backend, summed over xdist workers and printed at the end (conftest.py)."""
+    d = os.environ.get("MMA_RATIO_DIR")
+    if not d:
+        return
+    wid = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(os.path.join(d, f"fuzz-{wid}.jsonl"), "a") as f:
+        f.write(json.dumps({"property": prop, "backend": backend, "cases": cases, "mismatches": mismatches}) + "\n")
+
+
 def assert_rule(what: str, got, ref64, plain, dtype):
     """The flash-attn rule, as in FlashAttention-3's tests:
     |got - ref64| <= FACTOR * |plain - ref64| + |round_to_dtype(ref64) - ref64| (+1e-6),

@@ -47,6 +47,81 @@ def test_small_worked_example_reference_attention():
     assert torch.allclose(out[expected], (1.0 / rows)[:, None].expand(8, 8)[expected])
 
 
+# Every preset on one layout, by hand. Segment 0 = positions 0..5 holds every ordered pair of
+# modalities 0, 1, 2 with the key after the query; segment 1 = 6..8 (image, text, padding).
+PRESET_MOD = [0, 2, 1, 1, 0, 2, 1, 0, -1]
+PRESET_SEG = [0, 0, 0, 0, 0, 0, 1, 1, 1]
+PRESET_EXPECTED = {
+    "causal": """
+        1 . . . . . . . .
+        1 1 . . . . . . .
+        1 1 1 . . . . . .
+        1 1 1 1 . . . . .
+        1 1 1 1 1 . . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 1 . .
+        1 1 1 1 1 1 1 1 .
+        . . . . . . . . .""",
+    "mma": """
+        1 . . . . . . . .
+        1 1 . . . . . . .
+        1 1 1 . 1 . . . .
+        1 1 1 1 1 . . . .
+        1 1 1 1 1 . . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 1 1 .
+        1 1 1 1 1 1 1 1 .
+        . . . . . . . . .""",
+    "bidirectional_image": """
+        1 . . . . . . . .
+        1 1 . . . . . . .
+        1 1 1 1 . . . . .
+        1 1 1 1 . . . . .
+        1 1 1 1 1 . . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 1 . .
+        1 1 1 1 1 1 1 1 .
+        . . . . . . . . .""",
+    "prefix": """
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 . . .
+        1 1 1 1 1 1 1 1 .
+        1 1 1 1 1 1 1 1 .
+        . . . . . . . . .""",
+}
+
+
+def _picture(text):
+    return torch.tensor([[c == "1" for c in line.split()] for line in text.strip().splitlines()])
+
+
+@pytest.mark.parametrize("policy", sorted(PRESET_EXPECTED))
+def test_presets_against_hand_written_masks(policy):
+    """Each preset against its literal matrix: the mask, the attention weights of both backends
+    (one-hot values: out[i, j] > 0 exactly where i may see j), and the tests' own oracle."""
+    import oracle
+
+    mod, seg = torch.tensor([PRESET_MOD]), torch.tensor([PRESET_SEG])
+    expected = _picture(PRESET_EXPECTED[policy])
+    mask = MMAMask(mod, seg, policy=policy)
+    assert torch.equal(mask.to_dense()[0], expected)
+    assert int(mask.num_allowed()) == int(expected.sum())
+    assert torch.equal(oracle.allowed(mod, seg, policy=policy)[0], expected)
+    L = len(PRESET_MOD)
+    q = torch.zeros(1, 1, L, 16)
+    v = torch.zeros(1, 1, L, 16)
+    v[0, 0, :, :L] = torch.eye(L)
+    for backend in ("torch", "triton"):
+        w = mma_attention(q, q, v, mask, backend=backend)[0, 0, :, :L]
+        assert torch.equal(w > 0, expected), backend
+        rows = expected.sum(1, keepdim=True).clamp(min=1)
+        torch.testing.assert_close(w, expected / rows, atol=1e-6, rtol=0)
+
+
 def aki_ids():
     """The contract's 'AKI case, worked': system 0..9, 144 image tokens 10..153, question 154..170,
     <|assistant|> at 171, answer 172..199."""

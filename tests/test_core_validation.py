@@ -37,10 +37,31 @@ def test_mask_errors(kwargs, exc, words):
         assert w in str(e.value), (w, str(e.value))
 
 
-def test_padding_does_not_break_runs():
-    # right padding whose segment id repeats an earlier one is fine: padding is skipped
-    mod = torch.tensor([[0, 1, 0, 0, -1, -1]])
-    MMAMask(mod, torch.tensor([[0, 0, 0, 1, 0, 0]]))
+def _rows(text):
+    return torch.tensor([[c == "1" for c in line.split()] for line in text.strip().splitlines()])
+
+
+@pytest.mark.parametrize("mod, seg, expected", [
+    # right padding whose segment id repeats an earlier one: padding is skipped, segment 0 stays one run
+    ([0, 1, 0, 0, -1, -1], [0, 0, 0, 1, 0, 0], """
+        1 . . . . .
+        1 1 1 . . .
+        1 1 1 . . .
+        1 1 1 1 . .
+        . . . . . .
+        . . . . . ."""),
+    # padding inside segment 0 carrying another id: the image still sees the text after it (3), not segment 1 (4)
+    ([0, 1, -1, 0, 0, -1], [0, 0, 7, 0, 1, 0], """
+        1 . . . . .
+        1 1 . 1 . .
+        . . . . . .
+        1 1 . 1 . .
+        1 1 . 1 1 .
+        . . . . . ."""),
+])
+def test_padding_does_not_break_runs(mod, seg, expected):
+    mask = MMAMask(torch.tensor([mod]), torch.tensor([seg]))
+    assert torch.equal(mask.to_dense()[0], _rows(expected))
 
 
 def qkv(B=1, Hq=4, Hkv=2, Lq=8, Lk=8, D=32, dtype=torch.float32):

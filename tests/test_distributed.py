@@ -1,4 +1,5 @@
 """2-process CPU DDP (gloo) with a patched tiny model: same losses as one process on the whole batch."""
+import gc
 import os
 
 import pytest
@@ -66,8 +67,18 @@ def _worker(rank, world, port, out_path, strategies):
                     fully_shard(layer)
                 fully_shard(model)
             results[strategy] = _train(model, ids, reduce)
+            # Deterministic teardown. DDP's reducer and FSDP2's hooks hold the gloo process group
+            # (its worker threads, finished work holding tensors) and sit in reference cycles: left
+            # to the cyclic GC they may be freed during interpreter shutdown, after
+            # destroy_process_group, where C++ threads and Python objects are torn down in no
+            # particular order. Free them now, while the interpreter is fully alive.
+            del model
+            gc.collect()
         if rank == 0:
             torch.save(results, out_path)
+        # No rank starts tearing down while the other still communicates: rank 0 hosts the TCP
+        # store, and a peer that exits first closes its gloo pairs under the other's feet.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

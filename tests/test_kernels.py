@@ -5,10 +5,12 @@ Tolerance: the flash-attn rule (tests/helpers.py: assert_rule), never a loose rt
 import pytest
 import torch
 
+from fuzz_cases import make_case
 from helpers import LAYOUTS, assert_rule, make_layout, make_qkv, plain_attention
 from mma_kernels import MMAMask, mma_attention
-from mma_kernels.ops import triton_ops
+from mma_kernels.ops import torch_ops, triton_ops
 from mma_kernels.reference import mma_attention_reference
+from oracle_check import check_against_oracle
 
 BACKENDS = ["triton", "torch"]
 
@@ -100,20 +102,42 @@ def test_fully_padded_row_and_mid_padding(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradient_through_lse(backend):
-    mod, seg, doc = make_layout("left_pad", 2, 50)
-    mask = MMAMask(mod, seg, doc)
-    q, k, v = make_qkv(2, 2, 1, 50, 50, 32, torch.float32, seed=3)
-    out, lse = mma_attention(q, k, v, mask, return_lse=True, backend=backend)
-    w = torch.randn(lse.shape, generator=torch.Generator().manual_seed(4))
-    loss = out.sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * w).sum()
-    grads = torch.autograd.grad(loss, (q, k, v))
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref, rlse = mma_attention_reference(q64, k64, v64, mask, return_lse=True)
-    rloss = ref.sum() + (torch.where(torch.isfinite(rlse), rlse, 0.0) * w.double()).sum()
-    rgrads = torch.autograd.grad(rloss, (q64, k64, v64))
-    for got, want in zip(grads, rgrads):
-        assert (got.double() - want).abs().max() < 1e-4
+@pytest.mark.parametrize("layout, Hq, Hkv, Lq, dtype", [
+    ("left_pad", 2, 1, 50, torch.float32),      # padding queries and keys
+    ("packed", 4, 1, 21, torch.float32),        # GQA, Lq < Lk, document starts inside the query rows
+    ("right_pad", 4, 2, 1, torch.float16),      # one query row
+    ("three_modal", 2, 2, 33, torch.bfloat16),  # look-ahead rows inside the queries
+])
+def test_gradient_through_lse(backend, layout, Hq, Hkv, Lq, dtype):
+    """lse is an output: a loss on out and lse differentiates through both (fp64 oracle, flash-attn rule)."""
+    mod, seg, doc = make_layout(layout, 2, 50, seed=4)
+    mod[1, 30] = -1  # padding inside a document too
+    check_against_oracle(make_case(mod, seg, doc, "mma" if layout != "three_modal" else [(1, 0), (2, 1), (2, 0)],
+                                   Hq=Hq, Hkv=Hkv, Lq=Lq, dtype=dtype, seed=3, with_lse=True), backend)
+
+
+@pytest.mark.parametrize("Lq", [90, 41])
+def test_cpu_path_several_query_chunks(monkeypatch, Lq):
+    """The CPU path in 16-row query chunks (normally one chunk below B*Hq*Lq*Lk = 4M): every chunk
+    is computed, and chunks holding only padding queries are skipped correctly (fp64 oracle)."""
+    monkeypatch.setattr(torch_ops, "_CHUNK_ELEMS", 1)  # the smallest chunk: 16 query rows
+    chunks = []
+    orig = torch_ops._chunks
+
+    def spy(*args, **kwargs):
+        for c in orig(*args, **kwargs):
+            chunks.append(c[2] is None)  # True: a chunk of padding queries only
+            yield c
+
+    monkeypatch.setattr(torch_ops, "_chunks", spy)
+    mod, seg, doc = make_layout("multi_turn", 2, 90, seed=1)
+    mod[:, :35] = -1  # query rows 0..34 padding in both batch rows: padding-only chunks when Lq = Lk
+    mod[1, 60:64] = -1
+    check_against_oracle(make_case(mod, seg, doc, Hq=2, Hkv=1, Lq=Lq, dtype=torch.float32, seed=Lq,
+                                   with_lse=True), "torch")
+    n_fwd = len(chunks) // 2  # forward and backward each walk the chunks
+    assert n_fwd == -(-Lq // 16), f"expected {-(-Lq // 16)} query chunks, got {n_fwd}"
+    assert any(chunks) == (Lq == 90)
 
 
 def test_custom_scale():

@@ -55,7 +55,7 @@ def check(mod, seg, doc, policy, Lq, BM, BN):
     dense = mask.to_dense(Lq)
     row_valid = mod[:, off:] != -1
     rq, rk = ranges(mask, Lq, BM, BN)
-    visited = work = 0
+    visited = work = k_visited = k_work = 0
     for b in range(B):
         # query side (forward, dQ): rows block m visits key blocks [n_lo, n_hi)
         for m, (n_lo, f_lo, f_hi, n_hi) in enumerate(rq[b]):
@@ -77,11 +77,14 @@ def check(mod, seg, doc, policy, Lq, BM, BN):
             keys = slice(n * BN, (n + 1) * BN)
             for m in range((Lq + BM - 1) // BM):
                 tile = dense[b, m * BM:(m + 1) * BM, keys]
+                inside = m_lo <= m < m_hi
                 if tile.any():
-                    assert m_lo <= m < m_hi, f"key block {n} skips row block {m} holding allowed pairs"
+                    k_work += 1
+                    assert inside, f"key block {n} skips row block {m} holding allowed pairs"
+                k_visited += inside
                 if f_lo <= m < f_hi:
                     assert tile[row_valid[b, m * BM:(m + 1) * BM]].all(), f"tile ({m}, {n}) unmasked in dK/dV but not fully allowed"
-    return visited, work
+    return visited, work, k_visited, k_work
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -90,12 +93,13 @@ def check(mod, seg, doc, policy, Lq, BM, BN):
 def test_named_layouts(layout, policy, BM, BN):
     mod, seg, doc = make_layout(layout, 2, 150, seed=2)
     for Lq in (150, 61, 1):
-        visited, work = check(mod, seg, doc, policy, Lq, BM, BN)
+        visited, work, k_visited, k_work = check(mod, seg, doc, policy, Lq, BM, BN)
         # intervals are exact except under "mma", where an image query's interval also spans
         # image keys it may not see (image -> image stays causal): a few percent more tiles
         assert visited <= 1.15 * work, f"forward visits {visited} tiles, only {work} hold allowed pairs"
+        assert k_visited <= 1.15 * k_work, f"dK/dV visits {k_visited} tiles, only {k_work} hold allowed pairs"
         if policy != "mma":
-            assert visited == work
+            assert visited == work and k_visited == k_work
 
 
 def test_random_layouts_sound():
@@ -115,5 +119,6 @@ def test_packed_documents_skip_other_documents():
     L, n = 512, 8
     doc = torch.arange(L).div(L // n, rounding_mode="floor")[None]
     mod = torch.zeros(1, L, dtype=torch.long)
-    visited, work = check(mod, doc, doc, "mma", L, 16, 16)
+    visited, work, k_visited, k_work = check(mod, doc, doc, "mma", L, 16, 16)
     assert visited == work == n * 10
+    assert k_visited == k_work == n * 10
