@@ -35,6 +35,7 @@ def mma_attention(
     scale: Optional[float] = None,
     return_lse: bool = False,
     backend: str = "auto",
+    window: Optional[int] = None,
 ):
     """Modality-mutual attention, fused: the mask is computed inside the kernel from `mask`'s ids.
 
@@ -48,6 +49,10 @@ def mma_attention(
             log; -inf for padding queries).
         backend: ``"auto"`` (Triton on CUDA, PyTorch on CPU), ``"triton"`` (CUDA, or CPU
             under ``TRITON_INTERPRET=1``), ``"torch"`` (any device, chunked, O(chunk * Lk) memory).
+        window: sliding window (int >= 1) for the causal part, Hugging Face semantics: a query at
+            position ``i`` sees the earlier keys ``j`` with ``i - j < window``; look-ahead and group
+            keys are not cut. ``None`` (default): no window. Per-window bounds are derived once and
+            cached on the mask, so layers sharing a window share them.
 
     Returns:
         out [B, Hq, Lq, D] in q's dtype (and lse). Padding queries give 0 and zero gradients.
@@ -55,18 +60,20 @@ def mma_attention(
 
     Precision: fp16/bf16 inputs accumulate in fp32; fp32 inputs use IEEE fp32 dots (no TF32).
     """
-    check_attention_inputs(q, k, v, mask, scale)
+    check_attention_inputs(q, k, v, mask, scale, window=window)
     scale = resolve_scale(scale, q.shape[-1])
     picked = _pick_backend(backend, q.device)
+    window = mask.effective_window(window)
+    win = mask.window_fields(window) if window is not None else None
     if torch.compiler.is_compiling():
         # under torch.compile: the torch.library op (fake impl + autograd), so no graph break here
         from .ops.library import mma_attention_op
 
-        out, lse = mma_attention_op(q, k, v, mask, scale, picked)
+        out, lse = mma_attention_op(q, k, v, mask, scale, picked, win, window)
         return (out, lse) if return_lse else out
     if picked == "triton":
         from .ops.triton_ops import TritonMMAttention as Fn
     else:
         from .ops.torch_ops import TorchMMAttention as Fn
-    out, lse = Fn.apply(q, k, v, mask, scale)
+    out, lse = Fn.apply(q, k, v, mask, scale, win, window)
     return (out, lse) if return_lse else out

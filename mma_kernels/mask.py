@@ -1,8 +1,8 @@
 """`MMAMask`: the per-token description of a modality-mutual attention mask.
 
-The mask is never stored densely. From the ids (modality, segment, document),
-one vectorized pass on the ids' device builds O(L) int32 fields per batch row
-(`MMAMask.meta`, shape [B, NUM_FIELDS, Lk]):
+The mask is never stored densely. From the ids (modality, segment, document, and optionally
+group), one vectorized pass on the ids' device builds O(L) int32 fields per batch row
+(`MMAMask.meta`, shape [B, NUM_FIELDS, Lk]; the two group fields only when groups are used):
 
 =========  ==================================================================
 field      meaning (absolute key positions 0..Lk-1; ``BIG = Lk``)
@@ -13,28 +13,34 @@ KMOD       modality id (padding -> 0)
 QBITS      look-ahead bitmask of the token as a query (policy bits[modality])
 KV_LO      as query: first key it may see (its document's start); BIG if pad
 KV_HI      as query: last key it may see (own position, or the last key of its
-           segment of a modality it may look ahead at); -1 if pad
+           segment/group of a modality it may look ahead at); -1 if pad
 Q_LO       as key: first query that may see it (own position, or the first
-           query of its segment allowed to look ahead at its modality); BIG if pad
+           query of its segment/group allowed to look at its modality); BIG if pad
 Q_HI       as key: last query that may see it (its document's end); -1 if pad
+GRP        group run index, unique over the row, -1 for padding (groups only)
+GBITS      group-policy bitmask of the token as a query (groups only)
 =========  ==================================================================
 
 plus ``padcum`` [B, Lk+1]: number of padding tokens before each position.
+A sliding window (an argument of the op, since it differs per layer) only moves KV_LO and Q_HI:
+`MMAMask.window_fields(window)` derives them once per window value and caches them on the mask.
 The kernels reduce these per tile to block ranges (which tiles to skip) and
 fully-allowed ranges (which tiles need no per-element mask), so one mask
 serves every layer, head and block size.
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
 
-from .policy import PolicyLike, describe, policy_bits
-from .validation import check_ids
+from .policy import PolicyLike, describe, normalize_policy, policy_bits
+from .validation import check_ids, check_window
 
-DOC, SEG, KMOD, QBITS, KV_LO, KV_HI, Q_LO, Q_HI = range(8)
-NUM_FIELDS = 8
+DOC, SEG, KMOD, QBITS, KV_LO, KV_HI, Q_LO, Q_HI, GRP, GBITS = range(10)
+NUM_FIELDS = 8  # without groups; 10 with groups
+WIN_KV_LO, WIN_Q_HI = 0, 1  # rows of `window_fields`
 
 
 def _runs(ids: torch.Tensor, valid: torch.Tensor):
@@ -54,6 +60,32 @@ def _per_run(run: torch.Tensor, values: torch.Tensor, reduce: str, init: int) ->
     return out.gather(1, run.clamp(min=0))
 
 
+def _look_bounds(run, qbits, mod, valid, pos, big, mods):
+    """Bounds of one mutual level (segments under the policy, or groups under the group policy).
+
+    Returns, per token: as a query, the first and last key of its run of a modality it may look at
+    (BIG / -1 if none); as a key, the first and last query of its run that may look at its modality.
+    """
+    q_first = torch.full_like(pos, big)
+    q_last = torch.full_like(pos, -1)
+    k_first = torch.full_like(pos, big)
+    k_last = torch.full_like(pos, -1)
+    vpos_lo = torch.where(valid, pos, big)
+    vpos_hi = torch.where(valid, pos, -1)
+    for k in mods:
+        is_k = valid & (mod == k)
+        sees_k = valid & (((qbits >> k) & 1) != 0)
+        first_k = _per_run(run, torch.where(is_k, pos, big), "amin", big)
+        last_k = _per_run(run, torch.where(is_k, pos, -1), "amax", -1)
+        q_first = torch.where(sees_k, torch.minimum(q_first, first_k), q_first)
+        q_last = torch.where(sees_k, torch.maximum(q_last, last_k), q_last)
+        first_q = _per_run(run, torch.where(sees_k, vpos_lo, big), "amin", big)
+        last_q = _per_run(run, torch.where(sees_k, vpos_hi, -1), "amax", -1)
+        k_first = torch.where(is_k, torch.minimum(k_first, first_q), k_first)
+        k_last = torch.where(is_k, torch.maximum(k_last, last_q), k_last)
+    return q_first, q_last, k_first, k_last
+
+
 class MMAMask:
     """Modality-mutual attention mask for one batch, built once and shared by all layers and heads.
 
@@ -68,11 +100,16 @@ class MMAMask:
         policy: ``"mma"`` (image -> later text of the segment, AKI), ``"causal"``,
             ``"bidirectional_image"``, ``"prefix"``, or a collection of
             (query_modality, key_modality) pairs allowed to look ahead inside a segment.
+        group_ids: optional int tensor [B, Lk]; a second mutual level, contiguous runs that do
+            not cross a document (e.g. one image: Gemma 3; the prefix: PaliGemma), under
+            ``group_policy``. Default: every token its own group (the level adds nothing).
+        group_policy: the pairs allowed inside a group, same forms as ``policy``.
         validate: check the ids (one host sync per mask). Turn off only for ids already checked.
 
     The rule (``docs/semantics.md``): query ``i`` may see key ``j`` iff both are not padding,
-    they share a document, and ``j <= i`` or (same segment and (mod[i], mod[j]) in policy).
-    Padding tokens are skipped when checking that segments/documents are contiguous runs.
+    they share a document, and ``j <= i`` (and ``i - j < window`` when the op gets a window),
+    or (same segment and (mod[i], mod[j]) in policy), or (same group and (mod[i], mod[j]) in
+    group_policy). Padding tokens are skipped when checking that runs are contiguous.
     """
 
     def __init__(
@@ -81,15 +118,21 @@ class MMAMask:
         segment_ids: Optional[torch.Tensor] = None,
         document_ids: Optional[torch.Tensor] = None,
         policy: PolicyLike = "mma",
+        *,
+        group_ids: Optional[torch.Tensor] = None,
+        group_policy: PolicyLike = "bidirectional_image",
         validate: bool = True,
     ):
-        bits = policy_bits(policy)  # validates the policy first: cheap and device-free
-        self.policy = policy if isinstance(policy, str) else frozenset(tuple(p) for p in policy)
-        check_ids(modality_ids, segment_ids, document_ids, full=validate)
+        self.policy = normalize_policy(policy, "policy")  # validates first: cheap and device-free
+        self.group_policy = normalize_policy(group_policy, "group_policy")
+        bits = policy_bits(self.policy)
+        gbits_table = policy_bits(self.group_policy, "group_policy")
+        check_ids(modality_ids, segment_ids, document_ids, full=validate, group_ids=group_ids)
         mod = modality_ids.long()
         B, L = mod.shape
         dev = mod.device
         self.batch_size, self.seq_len, self.device = B, L, dev
+        self._windows = {}
         valid = mod != -1
         pos = torch.arange(L, device=dev).expand(B, L)
         big = L
@@ -106,60 +149,109 @@ class MMAMask:
             seg_start, seg_run = _runs(segment_ids.long(), valid)
             if validate:
                 _check_contiguous("segment_ids", segment_ids.long(), valid, seg_start)
-                _check_nested(segment_ids.long(), document_ids, doc_start, seg_start)
+                _check_nested("segment_ids", segment_ids.long(), document_ids, doc_start, seg_start)
 
         qbits = torch.where(valid, bits.to(dev)[mod.clamp(min=0)], 0)
+        gbits = None
+        if group_ids is not None:
+            grp_start, grp_run = _runs(group_ids.long(), valid)
+            if validate:
+                _check_contiguous("group_ids", group_ids.long(), valid, grp_start)
+                _check_nested("group_ids", group_ids.long(), document_ids, doc_start, grp_start)
+            gbits = torch.where(valid, gbits_table.to(dev)[mod.clamp(min=0)], 0)
         vpos_lo = torch.where(valid, pos, big)
         vpos_hi = torch.where(valid, pos, -1)
         doc_lo = _per_run(doc_run, vpos_lo, "amin", big)
         doc_hi = _per_run(doc_run, vpos_hi, "amax", -1)
         # look-ahead bounds, per key modality present (one small host sync for the list):
-        # a query looks up to the last key of its segment whose modality it may see; a key is
-        # looked at from the first query of its segment that may see its modality.
-        look_hi = torch.full_like(pos, -1)
-        look_lo = torch.full_like(pos, big)
-        if bool((qbits != 0).any()):
-            for k in torch.unique(mod[valid]).tolist():
-                is_k = valid & (mod == k)
-                sees_k = ((qbits >> k) & 1) != 0
-                last_k = _per_run(seg_run, torch.where(is_k, pos, -1), "amax", -1)
-                look_hi = torch.where(sees_k, torch.maximum(look_hi, last_k), look_hi)
-                first_k = _per_run(seg_run, torch.where(sees_k, vpos_lo, big), "amin", big)
-                look_lo = torch.where(is_k, torch.minimum(look_lo, first_k), look_lo)
+        # a query looks up to the last key of its segment (group) whose modality it may see; a key
+        # is looked at from the first query of its segment (group) that may see its modality.
+        # The outer bounds (first key a query may look at, last query that may look at a key)
+        # only matter under a sliding window: kept for `window_fields`.
+        q_first = torch.full_like(pos, big)
+        q_last = torch.full_like(pos, -1)
+        k_first = torch.full_like(pos, big)
+        k_last = torch.full_like(pos, -1)
+        has_seg = bool((qbits != 0).any())
+        has_grp = gbits is not None and bool((gbits != 0).any())
+        if has_seg or has_grp:
+            mods = torch.unique(mod[valid]).tolist()
+            levels = ([(seg_run, qbits)] if has_seg else []) + ([(grp_run, gbits)] if has_grp else [])
+            for run, lbits in levels:
+                a, b, c, d = _look_bounds(run, lbits, mod, valid, pos, big, mods)
+                q_first, q_last = torch.minimum(q_first, a), torch.maximum(q_last, b)
+                k_first, k_last = torch.minimum(k_first, c), torch.maximum(k_last, d)
 
-        meta = torch.stack(
-            [
-                torch.where(valid, doc_run, -1),
-                torch.where(valid, seg_run, -1),
-                mod.clamp(min=0),
-                qbits,
-                torch.where(valid, doc_lo, big),
-                torch.where(valid, torch.maximum(pos, look_hi), -1),
-                torch.where(valid, torch.minimum(pos, look_lo), big),
-                torch.where(valid, doc_hi, -1),
-            ],
-            dim=1,
-        )
-        self.meta = meta.to(torch.int32).contiguous()
+        fields = [
+            torch.where(valid, doc_run, -1),
+            torch.where(valid, seg_run, -1),
+            mod.clamp(min=0),
+            qbits,
+            torch.where(valid, doc_lo, big),
+            torch.where(valid, torch.maximum(pos, q_last), -1),
+            torch.where(valid, torch.minimum(pos, k_first), big),
+            torch.where(valid, doc_hi, -1),
+        ]
+        if has_grp:  # groups that add nothing (no pair in group_policy) keep the plain kernels
+            fields += [torch.where(valid, grp_run, -1), gbits]
+        self.meta = torch.stack(fields, dim=1).to(torch.int32).contiguous()
         self.padcum = torch.cat(
             [torch.zeros(B, 1, dtype=torch.long, device=dev), (~valid).long().cumsum(dim=1)], dim=1
         ).to(torch.int32)
+        # window-only bounds: first key a query may look at, last query that may look at a key
+        self._look_outer = torch.stack([q_first, k_last], dim=1).to(torch.int32)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def has_groups(self) -> bool:
+        return self.meta.shape[1] > NUM_FIELDS
+
     def __repr__(self) -> str:
-        return f"MMAMask(batch={self.batch_size}, seq_len={self.seq_len}, policy={describe(self.policy)}, device={self.device})"
+        g = f", group_policy={describe(self.group_policy)}" if self.has_groups else ""
+        return (f"MMAMask(batch={self.batch_size}, seq_len={self.seq_len}, policy={describe(self.policy)}{g}, "
+                f"device={self.device})")
 
     def field(self, f: int) -> torch.Tensor:
         return self.meta[:, f]
 
-    def block(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def effective_window(self, window: Optional[int]) -> Optional[int]:
+        """`window` validated; None when it cuts nothing (``window >= Lk``)."""
+        check_window(window)
+        return None if window is None or int(window) >= self.seq_len else int(window)
+
+    def window_fields(self, window: int) -> torch.Tensor:
+        """int32 [B, 2, Lk]: KV_LO and Q_HI under a sliding window, cached per window value.
+
+        As a query, the first key it may see: ``max(doc_start, i - window + 1)``, or earlier keys of
+        its segment/group it may look at. As a key, the last query that may see it:
+        ``min(doc_end, j + window - 1)``, or later queries of its segment/group that look at it.
+        """
+        w = operator.index(window)
+        cached = self._windows.get(w)
+        if cached is None:
+            m = self.meta
+            valid = m[:, DOC] >= 0
+            pos = torch.arange(self.seq_len, device=self.device, dtype=torch.int32)
+            lo = torch.minimum(torch.maximum(m[:, KV_LO], pos - (w - 1)), self._look_outer[:, 0])
+            hi = torch.maximum(torch.minimum(m[:, Q_HI], pos + (w - 1)), self._look_outer[:, 1])
+            cached = torch.stack([torch.where(valid, lo, self.seq_len), torch.where(valid, hi, -1)], dim=1)
+            cached = cached.to(torch.int32).contiguous()
+            self._windows[w] = cached
+        return cached
+
+    def block(self, rows: torch.Tensor, cols: torch.Tensor, window: Optional[int] = None) -> torch.Tensor:
         """Allowed flags bool [B, len(rows), len(cols)] for absolute query positions `rows`, keys `cols`."""
         m = self.meta
         qd, qs, qb = m[:, DOC, rows], m[:, SEG, rows], m[:, QBITS, rows]
         kd, ks, km = m[:, DOC, cols], m[:, SEG, cols], m[:, KMOD, cols]
         same_doc = (qd[:, :, None] == kd[:, None, :]) & (qd[:, :, None] >= 0)
         causal = cols[None, None, :] <= rows[None, :, None]
+        if window is not None:
+            causal = causal & (rows[None, :, None] - cols[None, None, :] < window)
         look = (qs[:, :, None] == ks[:, None, :]) & (((qb[:, :, None] >> km[:, None, :]) & 1) != 0)
+        if self.has_groups:
+            qg, gb, kg = m[:, GRP, rows], m[:, GBITS, rows], m[:, GRP, cols]
+            look = look | ((qg[:, :, None] == kg[:, None, :]) & (((gb[:, :, None] >> km[:, None, :]) & 1) != 0))
         return same_doc & (causal | look)
 
     def query_offset(self, q_len: Optional[int]) -> int:
@@ -168,38 +260,62 @@ class MMAMask:
             raise ValueError(f"q_len: must be in 1..{self.seq_len} (the mask's Lk), got {q_len}")
         return self.seq_len - q_len
 
-    def to_dense(self, q_len: Optional[int] = None) -> torch.Tensor:
+    def to_dense(self, q_len: Optional[int] = None, window: Optional[int] = None) -> torch.Tensor:
         """Dense bool mask [B, Lq, Lk] (True = allowed). O(L^2): for debugging and tests only."""
         off = self.query_offset(q_len)
+        check_window(window)
         cols = torch.arange(self.seq_len, device=self.device)
-        return self.block(cols[off:], cols)
+        return self.block(cols[off:], cols, window)
 
-    def num_allowed(self, q_len: Optional[int] = None) -> torch.Tensor:
+    def num_allowed(self, q_len: Optional[int] = None, window: Optional[int] = None) -> torch.Tensor:
         """Number of allowed (query, key) pairs per batch row, int64 [B], computed in O(L)."""
         off = self.query_offset(q_len)
+        window = self.effective_window(window)
         m = self.meta.long()
+        L = self.seq_len
         valid = m[:, DOC] >= 0
-        pos = torch.arange(self.seq_len, device=self.device)
-        # causal part: valid keys in [doc_start, i] (padding inside a document is not counted)
+        pos = torch.arange(L, device=self.device)
         pad = self.padcum.long()
-        lo = m[:, KV_LO].clamp(max=self.seq_len)
-        causal = (pos + 1 - lo) - (pad[:, 1:] - pad.gather(1, lo))
-        total = torch.where(valid, causal, 0)
-        # look-ahead part: keys j > i of the same segment whose modality is in the query's bits
-        hi = m[:, KV_HI].clamp(min=0)
+        # causal part: valid keys in [w_lo, i], w_lo = document start (or the window's, if later)
+        w_lo = m[:, KV_LO].clamp(max=L)
+        if window is not None:
+            w_lo = torch.maximum(w_lo, pos - (window - 1)).clamp(max=L)
+        total = torch.where(valid, (pos + 1 - w_lo) - (pad[:, 1:] - pad.gather(1, w_lo)), 0)
+        # look part, per key modality k: the keys of modality k in the union of the query's segment
+        # (if the policy has (mod[i], k)) and group (if the group policy has it), minus those already
+        # counted in [w_lo, i]. Both runs contain i, so their union is one interval.
+        levels = [(SEG, QBITS)] + ([(GRP, GBITS)] if self.has_groups else [])
+        bounds = []
+        for run_f, bits_f in levels:
+            run = m[:, run_f].clamp(min=0)
+            lo = _per_run(run, torch.where(valid, pos, L).expand_as(run), "amin", L)
+            hi = _per_run(run, torch.where(valid, pos, -1).expand_as(run), "amax", -1)
+            bounds.append((lo, hi, m[:, bits_f]))
         for k in torch.unique(m[:, KMOD][valid]).tolist():
             cnt = torch.cat([torch.zeros_like(pad[:, :1]), ((m[:, KMOD] == k) & valid).long().cumsum(1)], 1)
-            ahead = cnt.gather(1, hi + 1) - cnt[:, 1:]
-            has = ((m[:, QBITS] >> k) & 1) != 0
-            total = total + torch.where(valid & has & (m[:, KV_HI] > pos), ahead, 0)
+            lo_k = torch.full_like(m[:, DOC], L)
+            hi_k = torch.full_like(m[:, DOC], -1)
+            for lo, hi, bits in bounds:
+                has = ((bits >> k) & 1) != 0
+                lo_k = torch.where(has, torch.minimum(lo_k, lo), lo_k)
+                hi_k = torch.where(has, torch.maximum(hi_k, hi), hi_k)
+            some = valid & (hi_k >= 0)
+            a, b = lo_k.clamp(0, L), (hi_k + 1).clamp(0, L)
+            inside = cnt.gather(1, b) - cnt.gather(1, a)
+            c = torch.maximum(a, w_lo)
+            overlap = cnt[:, 1:] - cnt.gather(1, c.clamp(max=L))  # keys of modality k in [max(lo_k, w_lo), i]
+            total = total + torch.where(some, inside - overlap.clamp(min=0), 0)
         return total[:, off:].sum(dim=1)
 
 
 def _check_contiguous(name: str, ids: torch.Tensor, valid: torch.Tensor, start: torch.Tensor) -> None:
-    """Each id value must form one run (padding ignored). One host sync."""
-    big = torch.iinfo(torch.long).max
-    s = torch.where(valid, ids, big).sort(dim=1).values
-    distinct = (s[:, :1] != big).long().sum(1) + ((s[:, 1:] != s[:, :-1]) & (s[:, 1:] != big)).long().sum(1)
+    """Each id value must form one run (padding ignored). One host sync. No sentinel value: padding
+    takes a value already present in its row (which does not change the number of distinct values)."""
+    any_valid = valid.any(dim=1)
+    first = valid.long().argmax(dim=1, keepdim=True)
+    fill = ids.gather(1, first)
+    s = torch.where(valid, ids, fill).sort(dim=1).values
+    distinct = torch.where(any_valid, 1 + (s[:, 1:] != s[:, :-1]).long().sum(1), 0)
     runs = start.long().sum(1)
     bad = (runs != distinct).nonzero()
     if bad.numel():
@@ -215,18 +331,19 @@ def _check_contiguous(name: str, ids: torch.Tensor, valid: torch.Tensor, start: 
         raise ValueError(
             f"{name}: value {dup} in batch row {b} is not one contiguous run "
             f"(it appears at positions {where.nonzero().flatten().tolist()[:8]}...); "
-            f"each segment/document must occupy consecutive positions"
+            f"each segment/group/document must occupy consecutive positions"
         )
 
 
-def _check_nested(seg: torch.Tensor, doc: Optional[torch.Tensor], doc_start, seg_start) -> None:
+def _check_nested(name: str, ids: torch.Tensor, doc: Optional[torch.Tensor], doc_start, run_start) -> None:
     if doc is None:
         return
-    bad = (doc_start & ~seg_start).nonzero()
+    bad = (doc_start & ~run_start).nonzero()
     if bad.numel():
         b, j = int(bad[0, 0]), int(bad[0, 1])
+        what = name.split("_")[0]
         raise ValueError(
-            f"segment_ids: segment {int(seg[b, j])} in batch row {b} spans two documents "
-            f"(document_ids changes to {int(doc[b, j])} at position {j} inside the segment); "
-            f"give each document its own segment ids"
+            f"{name}: {what} {int(ids[b, j])} in batch row {b} spans two documents "
+            f"(document_ids changes to {int(doc[b, j])} at position {j} inside the {what}); "
+            f"give each document its own {what} ids"
         )

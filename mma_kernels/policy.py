@@ -2,11 +2,12 @@
 
 A policy is stored as one int32 bitmask per query modality: bit ``k`` of
 ``bits[q]`` is set when a query of modality ``q`` may attend to a later key of
-modality ``k`` inside its mutual segment. Modalities are 0..30 (31 bits).
+modality ``k`` inside its mutual segment (or group, for a group policy).
+Modalities are 0..30 (31 bits).
 """
 from __future__ import annotations
 
-from typing import Iterable, Tuple, Union
+from typing import FrozenSet, Iterable, Tuple, Union
 
 import torch
 
@@ -23,33 +24,40 @@ PRESETS = {
 PolicyLike = Union[str, Iterable[Tuple[int, int]]]
 
 
-def policy_bits(policy: PolicyLike) -> torch.Tensor:
-    """Return int64 tensor [MAX_MODALITY + 1] of look-ahead bitmasks, one per query modality."""
+def normalize_policy(policy: PolicyLike, name: str = "policy") -> Union[str, FrozenSet[Tuple[int, int]]]:
+    """A preset name (checked) or the frozenset of its validated pairs. Iterables (a generator
+    included) are read once, so what is stored is exactly what is applied."""
     if isinstance(policy, str):
         if policy not in PRESETS:
             raise ValueError(
-                f"policy: unknown policy name {policy!r}; expected one of "
+                f"{name}: unknown policy name {policy!r}; expected one of "
                 f"{sorted(PRESETS)} or a collection of (query_modality, key_modality) pairs"
             )
-        pairs = PRESETS[policy]
-        if pairs == "all":
-            return torch.full((MAX_MODALITY + 1,), (1 << (MAX_MODALITY + 1)) - 1, dtype=torch.int64)
-    else:
-        try:
-            pairs = {tuple(p) for p in policy}
-        except TypeError:
-            raise TypeError(
-                f"policy: expected a preset name or a collection of (query_modality, key_modality) "
-                f"pairs, got {type(policy).__name__}"
-            ) from None
-    bits = [0] * (MAX_MODALITY + 1)
+        return policy
+    try:
+        pairs = [tuple(p) for p in policy]
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected a preset name or a collection of (query_modality, key_modality) "
+            f"pairs, got {type(policy).__name__}"
+        ) from None
     for pair in pairs:
         if len(pair) != 2 or not all(isinstance(m, int) and not isinstance(m, bool) for m in pair):
-            raise TypeError(f"policy: each pair must be two ints (query_modality, key_modality), got {pair!r}")
-        qm, km = pair
-        for m in (qm, km):
+            raise TypeError(f"{name}: each pair must be two ints (query_modality, key_modality), got {pair!r}")
+        for m in pair:
             if not 0 <= m <= MAX_MODALITY:
-                raise ValueError(f"policy: modality {m} in pair {pair!r} is outside 0..{MAX_MODALITY}")
+                raise ValueError(f"{name}: modality {m} in pair {pair!r} is outside 0..{MAX_MODALITY}")
+    return frozenset(pairs)
+
+
+def policy_bits(policy: PolicyLike, name: str = "policy") -> torch.Tensor:
+    """Return int64 tensor [MAX_MODALITY + 1] of look-ahead bitmasks, one per query modality."""
+    policy = normalize_policy(policy, name)
+    pairs = PRESETS[policy] if isinstance(policy, str) else policy
+    if pairs == "all":
+        return torch.full((MAX_MODALITY + 1,), (1 << (MAX_MODALITY + 1)) - 1, dtype=torch.int64)
+    bits = [0] * (MAX_MODALITY + 1)
+    for qm, km in pairs:
         bits[qm] |= 1 << km
     return torch.tensor(bits, dtype=torch.int64)
 

@@ -20,17 +20,18 @@ def mma_attention_reference(
     mask: MMAMask,
     scale: Optional[float] = None,
     return_lse: bool = False,
+    window: Optional[int] = None,
 ):
     """Same signature and results as `mma_attention`, in dense fp32 math (fp64 for fp64 inputs).
 
     Differentiable through autograd. Padding query rows give output 0 and lse -inf.
     """
-    check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES + (torch.float64,))
+    check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES + (torch.float64,), window=window)
     B, Hq, Lq, D = q.shape
     Hkv = k.shape[1]
     scale = resolve_scale(scale, D)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    allowed = mask.to_dense(Lq)[:, None]  # [B, 1, Lq, Lk]
+    allowed = mask.to_dense(Lq, window)[:, None]  # [B, 1, Lq, Lk]
     kf = k.to(cdt).repeat_interleave(Hq // Hkv, dim=1)
     vf = v.to(cdt).repeat_interleave(Hq // Hkv, dim=1)
     s = torch.matmul(q.to(cdt), kf.transpose(-1, -2)) * scale
@@ -48,6 +49,10 @@ def flex_mask_mod(
     document_ids: Optional[torch.Tensor] = None,
     policy="mma",
     q_offset: int = 0,
+    *,
+    group_ids: Optional[torch.Tensor] = None,
+    group_policy="bidirectional_image",
+    window: Optional[int] = None,
 ):
     """A FlexAttention ``mask_mod`` implementing the contract straight from the raw ids.
 
@@ -57,15 +62,22 @@ def flex_mask_mod(
     B, L = modality_ids.shape
     dev = modality_ids.device
     mod = modality_ids.long()
-    seg = segment_ids.long() if segment_ids is not None else torch.arange(L, device=dev).expand(B, L)
+    own = torch.arange(L, device=dev).expand(B, L)
+    seg = segment_ids.long() if segment_ids is not None else own
     doc = document_ids.long() if document_ids is not None else torch.zeros_like(mod)
+    grp = group_ids.long() if group_ids is not None else own
     bits = policy_bits(policy).to(dev)
+    gbits = policy_bits(group_policy, "group_policy").to(dev)
 
     def mask_mod(b, h, q_idx, kv_idx):
         i = q_idx + q_offset
-        mi, mj = mod[b, i], mod[b, kv_idx]
-        pair = ((bits[mi.clamp(min=0)] >> mj.clamp(min=0)) & 1) != 0
-        ahead = (seg[b, i] == seg[b, kv_idx]) & pair
-        return (mi >= 0) & (mj >= 0) & (doc[b, i] == doc[b, kv_idx]) & ((kv_idx <= i) | ahead)
+        mi, mj = mod[b, i].clamp(min=0), mod[b, kv_idx].clamp(min=0)
+        ahead = (seg[b, i] == seg[b, kv_idx]) & (((bits[mi] >> mj) & 1) != 0)
+        in_group = (grp[b, i] == grp[b, kv_idx]) & (((gbits[mi] >> mj) & 1) != 0)
+        causal = kv_idx <= i
+        if window is not None:
+            causal = causal & (i - kv_idx < window)
+        return ((mod[b, i] >= 0) & (mod[b, kv_idx] >= 0) & (doc[b, i] == doc[b, kv_idx])
+                & (causal | ahead | in_group))
 
     return mask_mod

@@ -4,6 +4,8 @@ Every error names the argument and the offending value.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -18,6 +20,8 @@ def _check_int_tensor(name: str, t, shape=None, device=None) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor of integers, got {type(t).__name__}")
     if t.dtype not in _INT_DTYPES:
         raise TypeError(f"{name}: expected an integer dtype, got {t.dtype}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: is on the meta device (no values); the ids must be real tensors")
     if shape is None:
         if t.dim() != 2:
             raise ValueError(f"{name}: expected shape [B, Lk], got {tuple(t.shape)}")
@@ -27,14 +31,14 @@ def _check_int_tensor(name: str, t, shape=None, device=None) -> None:
         raise ValueError(f"{name}: on device {t.device}, but modality_ids is on {device}")
 
 
-def check_ids(modality_ids, segment_ids, document_ids, full: bool = True) -> None:
+def check_ids(modality_ids, segment_ids, document_ids, full: bool = True, group_ids=None) -> None:
     """Types, shapes, devices and modality range of the ids. Run-contiguity is checked in MMAMask."""
     from .policy import MAX_MODALITY
 
     _check_int_tensor("modality_ids", modality_ids)
     if modality_ids.shape[1] == 0:
         raise ValueError("modality_ids: sequence length is 0")
-    for name, t in (("segment_ids", segment_ids), ("document_ids", document_ids)):
+    for name, t in (("segment_ids", segment_ids), ("document_ids", document_ids), ("group_ids", group_ids)):
         if t is not None:
             _check_int_tensor(name, t, modality_ids.shape, modality_ids.device)
     if full and modality_ids.numel():
@@ -46,6 +50,36 @@ def check_ids(modality_ids, segment_ids, document_ids, full: bool = True) -> Non
             raise ValueError(f"modality_ids: values must be <= {MAX_MODALITY}, got {hi}")
 
 
+def check_window(window) -> None:
+    """A sliding window is None (no window) or an int >= 1 (Python or NumPy integer; bool rejected)."""
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral):
+        raise TypeError(f"window: expected None or an int >= 1, got {type(window).__name__} {window!r}")
+    if window < 1:
+        raise ValueError(f"window: expected None or an int >= 1, got {window!r}")
+
+
+def check_scale(scale) -> Optional[float]:
+    """None, or a finite positive real: Python/NumPy number or 0-d real tensor (bool rejected)."""
+    if scale is None:
+        return None
+    if isinstance(scale, torch.Tensor):
+        if scale.dim() != 0 or scale.dtype == torch.bool or scale.is_complex() or scale.device.type == "meta":
+            raise TypeError(f"scale: expected a real number or a 0-d real tensor, got a tensor of shape "
+                            f"{tuple(scale.shape)} and dtype {scale.dtype} on {scale.device}")
+        value = float(scale)
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        if type(scale).__name__ == "bool_":  # numpy.bool_ is not a numbers.Real, say so clearly
+            raise TypeError(f"scale: expected a real number, got a bool {scale!r}")
+        raise TypeError(f"scale: expected a real number, got {type(scale).__name__} {scale!r}")
+    else:
+        value = float(scale)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"scale: expected a finite positive number or None, got {scale!r}")
+    return value
+
+
 def _check_qkv_tensor(name: str, t, dtypes) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -55,7 +89,7 @@ def _check_qkv_tensor(name: str, t, dtypes) -> None:
         raise TypeError(f"{name}: dtype {t.dtype} is not supported; use float16, bfloat16 or float32")
 
 
-def check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES) -> None:
+def check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES, window=None) -> None:
     """Shapes, dtypes, devices of q/k/v against each other and against the mask."""
     from .mask import MMAMask
 
@@ -73,7 +107,7 @@ def check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES) -> Non
         raise ValueError(f"k: head dim {Dk} differs from q's {D}")
     if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
         raise ValueError(f"q: head dim {D} is out of range {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
-    if Hkv == 0 or Hq % Hkv != 0:
+    if Hq != 0 and (Hkv == 0 or Hq % Hkv != 0):
         raise ValueError(f"k: number of key/value heads {Hkv} must divide the number of query heads {Hq}")
     if Lq > Lk:
         raise ValueError(f"q: query length {Lq} exceeds key length {Lk} (Lq <= Lk is required)")
@@ -90,9 +124,10 @@ def check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES) -> Non
         raise ValueError(f"mask: batch size {mask.batch_size} differs from q's {B}")
     if mask.seq_len != Lk:
         raise ValueError(f"mask: covers {mask.seq_len} positions, but k has Lk={Lk}")
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale: expected a positive float or None, got {scale!r}")
+    check_scale(scale)
+    check_window(window)
 
 
-def resolve_scale(scale: Optional[float], head_dim: int) -> float:
-    return float(scale) if scale is not None else head_dim ** -0.5
+def resolve_scale(scale, head_dim: int) -> float:
+    s = check_scale(scale)
+    return s if s is not None else head_dim ** -0.5

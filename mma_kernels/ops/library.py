@@ -1,8 +1,8 @@
 """`torch.library` registration of the fused op, so `torch.compile` traces through it without a graph break.
 
 ``mma_kernels::attention_fwd`` / ``mma_kernels::attention_bwd`` take the mask's O(L) int32 fields
-(`MMAMask.meta`, `MMAMask.padcum`) instead of the `MMAMask` object (which is not a tensor); the
-mask is still built once, outside the op. Both ops have fake (meta) implementations and the
+(`MMAMask.meta`, `MMAMask.padcum`, and under a sliding window `MMAMask.window_fields(window)`)
+instead of the `MMAMask` object (which is not a tensor); the mask is still built once, outside the op. Both ops have fake (meta) implementations and the
 forward has autograd registered, so compiled graphs (Dynamo + AOTAutograd, any backend) keep the
 attention as one opaque node in forward and backward.
 """
@@ -25,7 +25,8 @@ def mask_from_fields(meta: Tensor, padcum: Tensor) -> MMAMask:
     m.meta, m.padcum = meta, padcum
     m.batch_size, m.seq_len = meta.shape[0], meta.shape[2]
     m.device = meta.device
-    m.policy = None
+    m.policy = m.group_policy = None
+    m._windows = {}
     return m
 
 
@@ -45,52 +46,56 @@ def _impl(backend: str):
 
 
 @torch.library.custom_op("mma_kernels::attention_fwd", mutates_args=())
-def attention_fwd(q: Tensor, k: Tensor, v: Tensor, meta: Tensor, padcum: Tensor, scale: float,
-                  backend: str) -> Tuple[Tensor, Tensor]:
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, meta: Tensor, padcum: Tensor, scale: float, backend: str,
+                  win: Optional[Tensor] = None, window: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     ctx = _Ctx()
-    out, lse = _impl(backend).forward(ctx, q, k, v, mask_from_fields(meta, padcum), scale)
+    out, lse = _impl(backend).forward(ctx, q, k, v, mask_from_fields(meta, padcum), scale, win, window)
     return out, lse
 
 
 @attention_fwd.register_fake
-def _(q, k, v, meta, padcum, scale, backend):
+def _(q, k, v, meta, padcum, scale, backend, win=None, window=None):
     B, Hq, Lq, D = q.shape
     return q.new_empty((B, Hq, Lq, D)), q.new_empty((B, Hq, Lq), dtype=torch.float32)
 
 
 @torch.library.custom_op("mma_kernels::attention_bwd", mutates_args=())
 def attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
-                  dlse: Optional[Tensor], meta: Tensor, padcum: Tensor, scale: float,
-                  backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    ctx = _Ctx(saved_tensors=(q, k, v, out, lse), mask=mask_from_fields(meta, padcum), scale=scale)
+                  dlse: Optional[Tensor], meta: Tensor, padcum: Tensor, scale: float, backend: str,
+                  win: Optional[Tensor] = None, window: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    ctx = _Ctx(saved_tensors=(q, k, v, out, lse, win), mask=mask_from_fields(meta, padcum), scale=scale,
+               window=window)
     dq, dk, dv = _impl(backend).backward(ctx, dout, dlse)[:3]
     # outputs of a custom op may not alias its inputs
     return tuple(t.clone() if t is x else t for t, x in ((dq, q), (dk, k), (dv, v)))
 
 
 @attention_bwd.register_fake
-def _(q, k, v, out, lse, dout, dlse, meta, padcum, scale, backend):
+def _(q, k, v, out, lse, dout, dlse, meta, padcum, scale, backend, win=None, window=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, meta, padcum, scale, backend = inputs
+    q, k, v, meta, padcum, scale, backend, win, window = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, meta, padcum)
-    ctx.scale, ctx.backend = scale, backend
+    ctx.save_for_backward(q, k, v, out, lse, meta, padcum, win)
+    ctx.scale, ctx.backend, ctx.window = scale, backend, window
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, meta, padcum = ctx.saved_tensors
+    q, k, v, out, lse, meta, padcum, win = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv = attention_bwd(q, k, v, out, lse, dout.contiguous(), dlse, meta, padcum, ctx.scale, ctx.backend)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = attention_bwd(q, k, v, out, lse, dout.contiguous(), dlse, meta, padcum, ctx.scale, ctx.backend,
+                               win, ctx.window)
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def mma_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: MMAMask, scale: float, backend: str):
-    """(out, lse) through the registered op. `scale` resolved, `backend` already picked ("torch"/"triton")."""
-    return attention_fwd(q, k, v, mask.meta, mask.padcum, float(scale), backend)
+def mma_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: MMAMask, scale: float, backend: str,
+                     win: Optional[Tensor] = None, window: Optional[int] = None):
+    """(out, lse) through the registered op. `scale` resolved, `backend` already picked ("torch"/"triton"),
+    `window` effective (None or < Lk) with `win = mask.window_fields(window)`."""
+    return attention_fwd(q, k, v, mask.meta, mask.padcum, float(scale), backend, win, window)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from ..mask import KV_HI, KV_LO, MMAMask
+from ..mask import DOC, KV_HI, KV_LO, WIN_KV_LO, MMAMask
 
 _CHUNK_ELEMS = 1 << 22
 
 
-def _chunks(mask: MMAMask, B: int, Hq: int, Lq: int, Lk: int):
+def _chunks(mask: MMAMask, B: int, Hq: int, Lq: int, Lk: int, win=None, window=None):
     off = Lk - Lq
     size = max(16, min(Lq, _CHUNK_ELEMS // max(1, B * Hq * Lk)))
-    lo_all, hi_all = mask.meta[:, KV_LO, off:], mask.meta[:, KV_HI, off:]
+    lo_all = (mask.meta[:, KV_LO] if win is None else win[:, WIN_KV_LO])[:, off:]
+    hi_all = mask.meta[:, KV_HI, off:]
     for r0 in range(0, Lq, size):
         r1 = min(Lq, r0 + size)
         k0 = int(lo_all[:, r0:r1].min())
@@ -27,7 +28,7 @@ def _chunks(mask: MMAMask, B: int, Hq: int, Lq: int, Lk: int):
             continue
         rows = torch.arange(off + r0, off + r1, device=mask.device)
         cols = torch.arange(k0, k1, device=mask.device)
-        yield r0, r1, (k0, k1, mask.block(rows, cols)[:, None, None])  # [B, 1, 1, R, C]
+        yield r0, r1, (k0, k1, mask.block(rows, cols, window)[:, None, None])  # [B, 1, 1, R, C]
 
 
 def _grouped(x: torch.Tensor, Hkv: int) -> torch.Tensor:
@@ -35,17 +36,39 @@ def _grouped(x: torch.Tensor, Hkv: int) -> torch.Tensor:
     return x.reshape(B, Hkv, H // Hkv, L, D)
 
 
+def _inert(x: torch.Tensor, mask: MMAMask, first: int) -> torch.Tensor:
+    """x [B, Hkv, G, L, D] (positions first..Lk-1) with padding positions zeroed: padding K/V, q or dO
+    (NaN, inf, garbage) never reaches an output, lse or gradient."""
+    valid = mask.meta[:, DOC, first:] >= 0
+    return torch.where(valid[:, None, None, :, None], x, 0.0)
+
+
+def check_no_double_backward(backend: str) -> None:
+    """Backward is not differentiable: with create_graph=True say so instead of returning graph-less grads."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"mma_attention: double backward (create_graph=True) is not supported by the {backend!r} backend; "
+            f"its gradients are computed by a fused backward that is not itself differentiable"
+        )
+
+
 class TorchMMAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale):
+    def forward(ctx, q, k, v, mask, scale, win=None, window=None):
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
+        ctx.mask, ctx.scale, ctx.window = mask, scale, window
+        if q.numel() == 0:  # empty batch or no heads
+            out = torch.zeros_like(q)
+            lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+            ctx.save_for_backward(q, k, v, out, lse, win)
+            return out, lse
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qg = _grouped(q, Hkv).to(cdt)  # [B, Hkv, G, Lq, D]
-        kf, vf = k.to(cdt)[:, :, None], v.to(cdt)[:, :, None]  # [B, Hkv, 1, Lk, D]
+        qg = _inert(_grouped(q, Hkv).to(cdt), mask, Lk - Lq)  # [B, Hkv, G, Lq, D]
+        kf, vf = (_inert(t.to(cdt)[:, :, None], mask, 0) for t in (k, v))  # [B, Hkv, 1, Lk, D]
         out = torch.zeros_like(qg)
         lse = torch.full(qg.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
-        for r0, r1, blk in _chunks(mask, B, Hq, Lq, Lk):
+        for r0, r1, blk in _chunks(mask, B, Hq, Lq, Lk, win, window):
             if blk is None:
                 continue
             k0, k1, allowed = blk
@@ -58,28 +81,31 @@ class TorchMMAttention(torch.autograd.Function):
             lse[..., r0:r1] = m.float()
         out = out.reshape(B, Hq, Lq, D).to(q.dtype)
         lse = lse.reshape(B, Hq, Lq)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.scale = mask, scale
+        ctx.save_for_backward(q, k, v, out, lse, win)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        mask, scale = ctx.mask, ctx.scale
+        check_no_double_backward("torch")
+        q, k, v, out, lse, win = ctx.saved_tensors
+        mask, scale, window = ctx.mask, ctx.scale, ctx.window
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
+        if q.numel() == 0:
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qg = _grouped(q, Hkv).to(cdt)
-        dog = _grouped(dout, Hkv).to(cdt)
+        qg = _inert(_grouped(q, Hkv).to(cdt), mask, Lk - Lq)
+        dog = _inert(_grouped(dout, Hkv).to(cdt), mask, Lk - Lq)
         lseg = lse.reshape(B, Hkv, Hq // Hkv, Lq).to(cdt)
         delta = (dog * _grouped(out, Hkv).to(cdt)).sum(-1)
         if dlse is not None:  # lse is an output too: d lse / d s = p
             delta = delta - dlse.reshape(lseg.shape).to(cdt)
-        kf, vf = k.to(cdt)[:, :, None], v.to(cdt)[:, :, None]
+        delta = torch.where(torch.isinf(lseg), 0.0, delta)  # padding rows: whatever dlse holds there
+        kf, vf = (_inert(t.to(cdt)[:, :, None], mask, 0) for t in (k, v))
         dq = torch.zeros_like(qg)
         dk = torch.zeros_like(kf.expand(-1, -1, Hq // Hkv, -1, -1))
         dv = torch.zeros_like(dk)
-        for r0, r1, blk in _chunks(mask, B, Hq, Lq, Lk):
+        for r0, r1, blk in _chunks(mask, B, Hq, Lq, Lk, win, window):
             if blk is None:
                 continue
             k0, k1, allowed = blk
@@ -94,4 +120,4 @@ class TorchMMAttention(torch.autograd.Function):
             dq[..., r0:r1, :] += torch.matmul(ds, kc) * scale
             dk[..., k0:k1, :] += torch.matmul(ds.transpose(-1, -2), qc) * scale
         dq = dq.reshape(B, Hq, Lq, D).to(q.dtype)
-        return dq, dk.sum(2).to(k.dtype), dv.sum(2).to(v.dtype), None, None
+        return dq, dk.sum(2).to(k.dtype), dv.sum(2).to(v.dtype), None, None, None, None

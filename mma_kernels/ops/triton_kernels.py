@@ -7,7 +7,10 @@ is split in three: masked tiles, tiles with no mask arithmetic, masked tiles.
 Scores are kept in base 2: ``qk_scale = scale * log2(e)``.
 
 Field rows of META (per batch row, stride ``smf`` between fields):
-0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI.
+0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI, and with groups 8 GRP, 9 GBITS.
+WIN (only read when HAS_WINDOW) holds the per-window bounds of `MMAMask.window_fields`:
+0 KV_LO and 1 Q_HI under the window. HAS_GROUPS / HAS_WINDOW are constexpr: without groups or a
+window the kernels compile exactly to the plain MMA code.
 """
 import triton
 import triton.language as tl
@@ -36,39 +39,60 @@ def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _allowed(q_pos, q_doc, q_seg, q_bits, k_pos, k_doc, k_seg, k_mod):
+def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k_mod, k_grp, window,
+             HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """The contract's rule on broadcastable operands (either [M,1]x[1,N] or [1,M]x[N,1]).
 
     Padding and out-of-range tokens carry doc -2 (queries) / -1 (keys), so never match.
     """
     look = (q_seg == k_seg) & (((q_bits >> k_mod) & 1) != 0)
-    return (q_doc == k_doc) & ((k_pos <= q_pos) | look)
+    if HAS_GROUPS:
+        look = look | ((q_grp == k_grp) & (((q_gbits >> k_mod) & 1) != 0))
+    causal = k_pos <= q_pos
+    if HAS_WINDOW:
+        causal = causal & (q_pos - k_pos < window)
+    return (q_doc == k_doc) & (causal | look)
 
 
 @triton.jit
-def _load_query_fields(meta_b, smf, pos, ok):
+def _load_query_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
     doc = tl.load(meta_b + 0 * smf + pos, mask=ok, other=-2)
     doc = tl.where(doc < 0, -2, doc)
     seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
     bits = tl.load(meta_b + 3 * smf + pos, mask=ok, other=0)
-    return doc, seg, bits
+    if HAS_GROUPS:
+        grp = tl.load(meta_b + 8 * smf + pos, mask=ok, other=-1)
+        gbits = tl.load(meta_b + 9 * smf + pos, mask=ok, other=0)
+    else:  # unused
+        grp = seg
+        gbits = bits
+    return doc, seg, bits, grp, gbits
 
 
 @triton.jit
-def _load_key_fields(meta_b, smf, pos, ok):
+def _load_key_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
     doc = tl.load(meta_b + 0 * smf + pos, mask=ok, other=-1)
     seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
     mod = tl.load(meta_b + 2 * smf + pos, mask=ok, other=0)
-    return doc, seg, mod
+    if HAS_GROUPS:
+        grp = tl.load(meta_b + 8 * smf + pos, mask=ok, other=-1)
+    else:  # unused
+        grp = seg
+    return doc, seg, mod, grp
 
 
 @triton.jit
-def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      win_b=None, swf=0, window=0, HAS_WINDOW: tl.constexpr = False):
     """For query rows [row_start, row_start+BLOCK_M): key blocks to visit [n_lo, n_hi) and fully allowed [f_lo, f_hi)."""
     off = Lk - Lq
     rows = row_start + tl.arange(0, BLOCK_M)
     ok = rows < Lq
-    kv_lo = tl.load(meta_b + 4 * smf + off + rows, mask=ok, other=Lk)
+    doc_lo = tl.load(meta_b + 4 * smf + off + rows, mask=ok, other=Lk)
+    if HAS_WINDOW:
+        kv_lo = tl.load(win_b + 0 * swf + off + rows, mask=ok, other=Lk)
+    else:
+        kv_lo = doc_lo
     kv_hi = tl.load(meta_b + 5 * smf + off + rows, mask=ok, other=-1)
     valid = kv_hi >= 0
     lo = tl.min(kv_lo, 0)
@@ -77,8 +101,11 @@ def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constex
     n_lo = tl.where(any_valid, lo // BLOCK_N, 0)
     n_hi = tl.where(any_valid, hi // BLOCK_N + 1, 0)
     # fully allowed: every key of the block is a non-padding key at or before the first row,
-    # and at or after the start of every row's document
-    lo_max = tl.max(tl.where(valid, kv_lo, 0), 0)
+    # and at or after the start of every row's document (and inside every row's window)
+    lo_max = tl.max(tl.where(valid, doc_lo, 0), 0)
+    if HAS_WINDOW:
+        last_row = tl.minimum(row_start + BLOCK_M, Lq) - 1 + off
+        lo_max = tl.maximum(lo_max, last_row - window + 1)
     f_lo = (lo_max + BLOCK_N - 1) // BLOCK_N
     f_hi = (row_start + off + 1) // BLOCK_N
     a = tl.minimum(f_lo * BLOCK_N, Lk)
@@ -91,14 +118,19 @@ def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constex
 
 
 @triton.jit
-def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        win_b=None, swf=0, window=0, HAS_WINDOW: tl.constexpr = False):
     """For keys [key_start, key_start+BLOCK_N): query row blocks to visit [m_lo, m_hi) and fully allowed [f_lo, f_hi)."""
     off = Lk - Lq
     keys = key_start + tl.arange(0, BLOCK_N)
     ok = keys < Lk
     q_lo = tl.load(meta_b + 6 * smf + keys, mask=ok, other=Lk)
-    q_hi = tl.load(meta_b + 7 * smf + keys, mask=ok, other=-1)
-    valid = q_hi >= 0
+    doc_hi = tl.load(meta_b + 7 * smf + keys, mask=ok, other=-1)
+    if HAS_WINDOW:
+        q_hi = tl.load(win_b + 1 * swf + keys, mask=ok, other=-1)
+    else:
+        q_hi = doc_hi
+    valid = doc_hi >= 0
     r_lo = tl.maximum(tl.min(q_lo, 0) - off, 0)
     r_hi = tl.minimum(tl.max(q_hi, 0) - off, Lq - 1)
     nonempty = r_hi >= r_lo
@@ -107,11 +139,17 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
     # fully allowed: rows at or after the block's last key, and at or before every key's document end
     first_row = tl.maximum(key_start + BLOCK_N - 1 - off, 0)
     f_lo = (first_row + BLOCK_M - 1) // BLOCK_M
-    end_row = tl.min(tl.where(valid, q_hi, Lk), 0) - off + 1  # rows < end_row
+    end_row = tl.min(tl.where(valid, doc_hi, Lk), 0) - off + 1  # rows < end_row
+    if HAS_WINDOW:  # and inside the window of the block's first key
+        end_row = tl.minimum(end_row, key_start + window - off)
     f_hi = tl.where(end_row > 0, end_row, 0) // BLOCK_M
     kend = tl.minimum(key_start + BLOCK_N, Lk)
     pads = tl.load(pad_b + kend) - tl.load(pad_b + key_start)
-    full = nonempty & (key_start + BLOCK_N <= Lk) & (pads == 0) & (f_lo < f_hi)
+    # and free of padding queries (their q/dO are only zeroed in masked tiles)
+    ra = tl.minimum(tl.maximum(f_lo, m_lo) * BLOCK_M, Lq) + off
+    rb = tl.minimum(tl.minimum(f_hi, m_hi) * BLOCK_M, Lq) + off
+    row_pads = tl.where(rb > ra, tl.load(pad_b + tl.maximum(rb, ra)) - tl.load(pad_b + ra), 0)
+    full = nonempty & (key_start + BLOCK_N <= Lk) & (pads == 0) & (row_pads == 0) & (f_lo < f_hi)
     f_lo = tl.where(full, tl.minimum(tl.maximum(f_lo, m_lo), m_hi), m_hi)
     f_hi = tl.where(full, tl.minimum(f_hi, m_hi), m_hi)
     f_hi = tl.maximum(f_hi, f_lo)
@@ -121,20 +159,24 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 # ----------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-               q_pos, q_doc, q_seg, q_bits, n_lo, n_hi, Lk, D, qk_scale,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     for n in range(n_lo, n_hi):
         start = n * BLOCK_N
         offs_n = tl.arange(0, BLOCK_N)
         kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+        if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
+            k_pos = start + offs_n
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+            kv_ok = kv_ok & (k_doc >= 0)[:, None]
         k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
         qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
         if MASKED:
-            k_pos = start + offs_n
-            k_doc, k_seg, k_mod = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk)
-            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None],
-                          k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :])
+            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
+                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
+                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
             qk = tl.where(ok, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -149,10 +191,11 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 
 
 @triton.jit
-def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
+def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM, WIN,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-                   smb, smf, spb, Hq, Lq, Lk, D, GROUP, qk_scale, LQ_BUCKET,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+                   smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, window, LQ_BUCKET,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                   UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -165,25 +208,31 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
     row_ok = rows < Lq
     meta_b = META + b.to(tl.int64) * smb
     pad_b = PADCUM + b.to(tl.int64) * spb
+    win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
-    q_doc, q_seg, q_bits = _load_query_fields(meta_b, smf, q_pos, row_ok)
-    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N)
+    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
+                                               win_b, swf, window, HAS_WINDOW)
 
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
-    q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
+    q_ok = tile_ok & (q_doc >= 0)[:, None]  # padding query rows load as 0, whatever q holds
+    q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=q_ok, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                               n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                               f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                               f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, n_hi, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -197,22 +246,26 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM,
 # ----------------------------------------------------------------------------- backward
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, n_lo, n_hi, Lk, D, qk_scale,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     for n in range(n_lo, n_hi):
         start = n * BLOCK_N
         offs_n = tl.arange(0, BLOCK_N)
         kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+        if MASKED:  # padding keys load as 0
+            k_pos = start + offs_n
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+            kv_ok = kv_ok & (k_doc >= 0)[:, None]
         k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
         v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
         qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
         p = tl.math.exp2(qk - lse2[:, None])
         if MASKED:
-            k_pos = start + offs_n
-            k_doc, k_seg, k_mod = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk)
-            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None],
-                          k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :])
+            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
+                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
+                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
             p = tl.where(ok, p, 0.0)
         dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
         ds = p * (dp - delta[:, None])
@@ -221,10 +274,11 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
 
 
 @triton.jit
-def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM,
+def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM, WIN,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
-                      smb, smf, spb, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, LQ_BUCKET,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+                      smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, LQ_BUCKET,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                      UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -238,36 +292,44 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM,
     row_ok = rows < Lq
     meta_b = META + b.to(tl.int64) * smb
     pad_b = PADCUM + b.to(tl.int64) * spb
+    win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
-    q_doc, q_seg, q_bits = _load_query_fields(meta_b, smf, q_pos, row_ok)
-    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N)
+    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
+                                               win_b, swf, window, HAS_WINDOW)
 
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
     ridx = tl.arange(0, BLOCK_M)[:, None]
+    row_valid = row_ok & (q_doc >= 0)  # padding query rows load q, dO, delta as 0: zero dq whatever they hold
+    q_ok = row_valid[:, None] & (offs_d < D)[None, :]
     q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm + ridx * sqm + offs_d[None, :],
-                mask=tile_ok, other=0.0)
+                mask=q_ok, other=0.0)
     do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + row_start.to(tl.int64) * sdm + ridx * sdm + offs_d[None, :],
-                 mask=tile_ok, other=0.0)
-    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_ok, other=0.0)
+                 mask=q_ok, other=0.0)
+    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                   n_lo, f_lo, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
-    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                   f_lo, f_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST)
-    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                   f_hi, n_hi, Lk, D, qk_scale, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
+                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
+                   BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, n_hi, Lk, D, qk_scale, window,
+                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)
 
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, meta_b, smf,
-                k_pos, k_doc, k_seg, k_mod, m_lo, m_hi, Lq, Lk, D, qk_scale,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+                k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, m_hi, Lq, Lk, D, qk_scale, window,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     off = Lk - Lq
     for m in range(m_lo, m_hi):
@@ -275,6 +337,9 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
         offs_m = tl.arange(0, BLOCK_M)
         rows = start + offs_m
         row_ok = rows < Lq
+        if MASKED:  # padding query rows (only ever in masked tiles) load as 0, whatever q/dO hold
+            q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
+            row_ok = row_ok & (q_doc >= 0)
         tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
         q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
         do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok, other=0.0)
@@ -283,9 +348,9 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
         qkT = _mm(k, tl.trans(q), None, DOT_PREC, UPCAST) * qk_scale  # [BLOCK_N, BLOCK_M]
         pT = tl.math.exp2(qkT - lse2[None, :])
         if MASKED:
-            q_doc, q_seg, q_bits = _load_query_fields(meta_b, smf, rows + off, row_ok)
-            ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :],
-                          k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None])
+            ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
+                          q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
+                          k_grp[:, None], window, HAS_GROUPS, HAS_WINDOW)
             pT = tl.where(ok, pT, 0.0)
         dv = _mm(_cast(pT, do.dtype, UPCAST), do, dv, DOT_PREC, UPCAST)
         dpT = _mm(v, tl.trans(do), None, DOT_PREC, UPCAST)
@@ -295,10 +360,11 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
 
 
 @triton.jit
-def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM,
+def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM, WIN,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
-                        smb, smf, spb, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, LQ_BUCKET,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+                        smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, LQ_BUCKET,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                        UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -311,14 +377,17 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM,
     key_ok = k_pos < Lk
     meta_b = META + b.to(tl.int64) * smb
     pad_b = PADCUM + b.to(tl.int64) * spb
-    k_doc, k_seg, k_mod = _load_key_fields(meta_b, smf, k_pos, key_ok)
-    m_lo, f_lo, f_hi, m_hi = _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M, BLOCK_N)
+    win_b = WIN + b.to(tl.int64) * swb
+    k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, key_ok, HAS_GROUPS)
+    m_lo, f_lo, f_hi, m_hi = _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M, BLOCK_N,
+                                                 win_b, swf, window, HAS_WINDOW)
 
     tile_ok = key_ok[:, None] & (offs_d < D)[None, :]
+    kv_ok = tile_ok & (k_doc >= 0)[:, None]  # padding keys load as 0, whatever K/V hold
     k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + key_start.to(tl.int64) * skn
-                + offs_n[:, None] * skn + offs_d[None, :], mask=tile_ok, other=0.0)
+                + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
     v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + key_start.to(tl.int64) * svn
-                + offs_n[:, None] * svn + offs_d[None, :], mask=tile_ok, other=0.0)
+                + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(GROUP):
@@ -327,11 +396,14 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM,
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * Hq + h).to(tl.int64) * Lq
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, m_lo, f_lo, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST)
+                             k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, f_lo, Lq, Lk, D, qk_scale, window,
+                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, f_lo, f_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, False, DOT_PREC, UPCAST)
+                             k_pos, k_doc, k_seg, k_mod, k_grp, f_lo, f_hi, Lq, Lk, D, qk_scale, window,
+                             BLOCK_M, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, f_hi, m_hi, Lq, Lk, D, qk_scale, BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST)
+                             k_pos, k_doc, k_seg, k_mod, k_grp, f_hi, m_hi, Lq, Lk, D, qk_scale, window,
+                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tl.store(DK + out_base + ptrs, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=tile_ok)

@@ -12,7 +12,9 @@ import os
 import torch
 import triton
 
+from ..mask import NUM_FIELDS
 from . import triton_kernels as tk
+from .torch_ops import check_no_double_backward
 
 LOG2E = 1.4426950408889634
 
@@ -70,7 +72,7 @@ def _prune(configs, named_args, **kwargs):
     return keep or configs[-1:]
 
 
-_KEY = ["D", "GROUP", "LQ_BUCKET"]
+_KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW"]
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
     "dq": triton.autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dq_kernel),
@@ -94,32 +96,40 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _common(q, k):
+def _common(q, k, mask, win):
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     meta = dict(BLOCK_D=max(16, triton.next_power_of_2(D)),
                 DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                UPCAST=interpreting() and q.dtype == torch.bfloat16)
+                UPCAST=interpreting() and q.dtype == torch.bfloat16,
+                HAS_GROUPS=mask.meta.shape[1] > NUM_FIELDS, HAS_WINDOW=win is not None)
     return B, Hq, Hkv, Lq, Lk, D, meta
 
 
-def triton_forward(q, k, v, mask, scale):
+def _mask_args(mask, win):
+    """Pointers and strides of the mask's fields; WIN is a dummy (never read) without a window."""
+    w = win if win is not None else mask.meta
+    return (mask.meta, mask.padcum, w), (mask.meta.stride(0), mask.meta.stride(1), mask.padcum.stride(0),
+                                         w.stride(0), w.stride(1))
+
+
+def triton_forward(q, k, v, mask, scale, win=None, window=None):
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k)
+    B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     o = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    args = (q, k, v, o, lse, mask.meta, mask.padcum,
+    mptrs, mstrides = _mask_args(mask, win)
+    args = (q, k, v, o, lse, *mptrs,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            mask.meta.stride(0), mask.meta.stride(1), mask.padcum.stride(0),
-            Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, int(math.log2(Lq)))
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), *mstrides,
+            Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, window or 0, int(math.log2(Lq)))
     _launch("fwd", Lq, B * Hq, args, **meta)
     return o, lse
 
 
-def triton_backward(q, k, v, o, lse, do, dlse, mask, scale):
+def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None):
     q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
-    B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k)
+    B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     delta = (do.float() * o.float()).sum(-1)
     if dlse is not None:
         delta = delta - dlse.float()
@@ -128,29 +138,37 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale):
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
+    mptrs, mstrides = _mask_args(mask, win)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-               mask.meta.stride(0), mask.meta.stride(1), mask.padcum.stride(0))
+               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), *mstrides)
     bucket = int(math.log2(Lq))
-    _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, delta, mask.meta, mask.padcum, *strides,
-                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, bucket), **meta)
-    _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, delta, mask.meta, mask.padcum, *strides,
-                                  Hq, Hkv, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, bucket), **meta)
+    w = window or 0
+    _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, delta, *mptrs, *strides,
+                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, bucket), **meta)
+    _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, delta, *mptrs, *strides,
+                                  Hq, Hkv, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, bucket), **meta)
     return dq, dk, dv
 
 
 class TritonMMAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale):
-        o, lse = triton_forward(q, k, v, mask, scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.mask, ctx.scale = mask, scale
+    def forward(ctx, q, k, v, mask, scale, win=None, window=None):
+        if q.numel() == 0:  # empty batch or no heads: nothing to launch
+            o = torch.zeros_like(q)
+            lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        else:
+            o, lse = triton_forward(q, k, v, mask, scale, win, window)
+        ctx.save_for_backward(q, k, v, o, lse, win)
+        ctx.mask, ctx.scale, ctx.window = mask, scale, window
         return o, lse
 
     @staticmethod
     def backward(ctx, do, dlse):
-        q, k, v, o, lse = ctx.saved_tensors
+        check_no_double_backward("triton")
+        q, k, v, o, lse, win = ctx.saved_tensors
+        if q.numel() == 0:
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None
         if do is None:
             do = torch.zeros_like(o)
-        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale, win, ctx.window)
+        return dq, dk, dv, None, None, None, None
