@@ -33,10 +33,21 @@ def _heads(s: str):
     return out
 
 
+CPU_LIMIT_MIN = 10  # refuse CPU runs estimated longer than this, unless --force
+BENCH_EXTRA = "pip install mma-kernels[bench]"
+
+
+def _prog() -> str:
+    """`mma-bench` when run as the console script, else `python -m benchmarks`."""
+    return "mma-bench" if os.path.basename(sys.argv[0] or "").startswith("mma-bench") else "python -m benchmarks"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p = argparse.ArgumentParser(prog=_prog(), description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="quick (default) or full")
-    p.add_argument("--suite", choices=["kernel", "e2e", "all"], default="all", help="default: all")
+    p.add_argument("--suite", choices=["kernel", "e2e", "all", "tiles"], default="all",
+                   help="default: all (kernel and e2e); tiles: exact tile accounting on CPU (no timing), "
+                        "default lengths 16K,64K,128K, every layout")
     p.add_argument("--mode", type=_csv_list, help="kernel modes, comma list of fwd,bwd,fwd_bwd (default: preset's)")
     p.add_argument("--seqlens", type=lambda s: [parse_len(x) for x in _csv_list(s)],
                    help="kernel sequence lengths, e.g. 1K,4K,16K (default: preset's)")
@@ -59,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rep-ms", type=int, default=100, help="do_bench `rep` in ms (CUDA) / minimum timing window (CPU); default 100")
+    p.add_argument("--force", action="store_true",
+                   help=f"on CPU, run even when the estimate is over {CPU_LIMIT_MIN} minutes")
+    p.add_argument("--flex-upto", type=lambda s: parse_len(s), default=16 * 1024,
+                   help="tiles suite: run FlexAttention's create_block_mask up to this length (default 16K)")
     return p
 
 
@@ -76,8 +91,24 @@ def _case_key(suite: str, rec) -> tuple:
     return (suite,) + tuple(get(k) for k in _KEYS[suite])
 
 
+def _fmt_secs(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _tiles(args) -> int:
+    from .layouts import LAYOUTS
+    from .tiles import run
+
+    torch.set_num_threads(args.threads or 1)
+    out = os.path.join(RESULTS_ROOT, "tiles") if args.save_results else os.path.join(args.output, "tiles")
+    return run(args.seqlens or [16 * 1024, 64 * 1024, 128 * 1024], args.layouts or list(LAYOUTS), out,
+               flex_upto=args.flex_upto)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.suite == "tiles":
+        return _tiles(args)
     t_start = time.time()
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     dev = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -95,19 +126,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("No CUDA GPU: kernel timings need a CUDA GPU (the Triton kernel does not run on CPU). "
               "Measuring what runs on CPU at small sizes (mma's PyTorch path, eager flex, SDPA, eager), "
               "with a perf_counter median timer and no peak-memory figures.", file=sys.stderr)
-
-    out_dir = args.output
-    if args.save_results:
-        if dev.type != "cuda":
-            raise SystemExit("--save-results is for GPU runs (benchmarks/results/ holds GPU results only)")
-        out_dir = os.path.join(RESULTS_ROOT, _slug(env["device"]), _dt.date.today().isoformat())
-    os.makedirs(out_dir, exist_ok=True)
-    jsonl = os.path.join(out_dir, "results.jsonl")
-    done = set()
-    if args.resume and os.path.exists(jsonl):
-        done = {_case_key(r["suite"], r) for r in read_jsonl(jsonl)}
-    elif os.path.exists(jsonl):
-        os.remove(jsonl)
 
     from .e2e_suite import E2E_PROVIDERS, run_e2e_case
     from .kernel_suite import KernelRunner
@@ -128,6 +146,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     ecases = e2e_cases(e2e_spec) if args.suite in ("e2e", "all") else []
     modes = args.mode or spec["modes"]
 
+    if dev.type == "cpu":
+        from .e2e_suite import PHI35, TINY
+        from .estimate import estimate
+        from .kernel_suite import DTYPES
+
+        secs, peak = estimate(kcases, ecases, modes, args.providers, DTYPES,
+                              lambda c: PHI35 if c.shape == "phi3.5" else TINY, rep_s=args.rep_ms / 1e3)
+        print(f"CPU run estimate: about {_fmt_secs(secs)} and {peak / 2**30:.1f} GiB peak memory for "
+              f"{len(kcases)} kernel and {len(ecases)} end-to-end cases (a rough model, good to ~2x).", file=sys.stderr)
+        if secs > 60 * CPU_LIMIT_MIN and not args.force:
+            print(f"Refusing: over {CPU_LIMIT_MIN} minutes on CPU. On CPU these numbers only show that the suite "
+                  "works (the Triton kernel needs a CUDA GPU): pick smaller --seqlens / --heads / --head-dim, "
+                  "or add --force to run it anyway.", file=sys.stderr)
+            return 2
+
+    out_dir = args.output
+    if args.save_results:
+        if dev.type != "cuda":
+            raise SystemExit("--save-results is for GPU runs (benchmarks/results/ holds GPU results only)")
+        out_dir = os.path.join(RESULTS_ROOT, _slug(env["device"]), _dt.date.today().isoformat())
+    os.makedirs(out_dir, exist_ok=True)
+    jsonl = os.path.join(out_dir, "results.jsonl")
+    done = set()
+    if args.resume and os.path.exists(jsonl):
+        done = {_case_key(r["suite"], r) for r in read_jsonl(jsonl)}
+    elif os.path.exists(jsonl):
+        os.remove(jsonl)
+
     timer = Timer(dev, rep_ms=args.rep_ms)
     e2e_timer = Timer(dev, warmup_ms=1, rep_ms=max(args.rep_ms, 3000) if dev.type == "cuda" else args.rep_ms)
     runner = KernelRunner(dev, timer, args.providers, modes)
@@ -137,6 +183,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tqdm import tqdm
     except ImportError:  # progress bar is optional
         tqdm = None
+        if not args.no_progress:
+            print(f"(no progress bar: tqdm is not installed; {BENCH_EXTRA})", file=sys.stderr)
     bar = tqdm(total=len(work), disable=args.no_progress, dynamic_ncols=True) if tqdm else None
     n_written, problems, stopped = 0, [], 0
     for suite, case in work:
@@ -165,11 +213,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_csv(os.path.join(out_dir, "results.csv"), records)
     plots = []
     if not args.no_plots and records:
-        from .plots import make_plots
+        try:
+            from .plots import make_plots
 
-        plots = make_plots(records, os.path.join(out_dir, "plots"))
-    from .report import summary_lines
+            plots = make_plots(records, os.path.join(out_dir, "plots"))
+        except ImportError as exc:
+            print(f"plots skipped: {exc.name or exc} is not installed ({BENCH_EXTRA})", file=sys.stderr)
+    from .report import RATIO_MEANING, check_lines, summary_lines
 
+    checks = check_lines(records)
+    if checks:
+        print("\nCorrectness checks (each provider's output against mma before timing; failed ones are not timed):")
+        print("\n".join(checks))
+    print(f"\nResults ({RATIO_MEANING}):")
     print("\n".join(summary_lines(records)))
     counts = {}
     for r in records:

@@ -9,7 +9,15 @@ TOLERANCE = {torch.float32: 2e-2, torch.float16: 0.15, torch.bfloat16: 0.5}  # a
 
 
 class Mismatch(AssertionError):
-    pass
+    """A failed check; `err` and `tol` hold the measured error and the tolerance when there is one."""
+
+    def __init__(self, msg: str, err: float = None, tol: float = None):
+        super().__init__(msg)
+        self.err, self.tol = err, tol
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return TOLERANCE.get(dtype, 2e-3)
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor, valid_rows: torch.Tensor, rows_per_chunk: int = 2048) -> float:
@@ -40,7 +48,7 @@ def compare(out: torch.Tensor, ref: torch.Tensor, valid_rows: torch.Tensor, rows
 def check_close(out: torch.Tensor, ref: torch.Tensor, valid_rows: torch.Tensor) -> float:
     """Raise `Mismatch` unless `out` matches `ref` on the valid rows; return the relative error."""
     err = compare(out, ref, valid_rows)
-    tol = TOLERANCE.get(out.dtype, 2e-3)
+    tol = tolerance(out.dtype)
     if not err <= tol:
-        raise Mismatch(f"output differs from mma: max|diff|/rms(ref) = {err:.3g} > {tol:g}")
+        raise Mismatch(f"output differs from mma: max|diff|/rms(ref) = {err:.3g} > {tol:g}", err, tol)
     return err

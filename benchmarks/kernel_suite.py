@@ -8,7 +8,7 @@ import torch
 
 from mma_kernels import MMAMask, mma_attention
 
-from .check import Mismatch, check_close
+from .check import Mismatch, check_close, tolerance
 from .layouts import causal_layout, make_layout
 from .providers import PROVIDERS, Inputs, Provider
 from .records import tflops
@@ -97,12 +97,14 @@ class KernelRunner:
             del out
             info = dict(prov.info(inp, state), mask_ms=mask_ms if state is not None else None)
         except Mismatch as exc:
-            return out_recs("error", f"correctness check failed, not timed: {exc}")
+            fail = dict(check="fail", check_err=exc.err, check_tol=exc.tol)
+            return out_recs("error", f"correctness check failed, not timed: {exc}", **fail)
         except Exception as exc:  # noqa: BLE001 - a failing provider must not stop the sweep
             del state
             free_memory()
             return out_recs("oom" if is_oom(exc) else "error", _error_text(exc))
         info["note"] = f"checked against mma: max|diff|/rms = {err:.2g}"
+        info.update(check="pass", check_err=err, check_tol=tolerance(inp.q.dtype))
         records = []
         for mode in modes:
             rec = dict(base, mode=mode, **info)

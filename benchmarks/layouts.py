@@ -10,9 +10,12 @@ not fit; the rest of the row is padding (-1). Segment ids are unique over the ro
 never spans two documents (the contract in /work/shared/design/semantics.md).
 
 Layouts:
-  ``aki``        realistic packing: 1-3 images per sample, 30% of samples multi-turn.
-  ``many_short`` worst case for block skipping: many short samples (one image each, little text),
-                 document boundaries falling inside most tiles.
+  ``aki``          realistic packing: 1-3 images per sample, 30% of samples multi-turn.
+  ``many_short``   worst case for block skipping: many short samples (one image each, little text),
+                   document boundaries falling inside most tiles.
+  ``one_image``    one 576-token image per sample (LLaVA-1.5 / CLIP-336 tiles), one turn.
+  ``three_images`` three 144-token images per sample, one turn.
+  ``two_turns``    two turns per sample, one 144-token image in each.
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ from typing import List, Tuple
 import torch
 
 IMAGE_TOKENS = 144
+ONE_IMAGE_TOKENS = 576  # the `one_image` layout's image
 TEXT, IMAGE, PAD = 0, 1, -1
-LAYOUTS = ("aki", "many_short")
+LAYOUTS = ("aki", "many_short", "one_image", "three_images", "two_turns")
 
 # One span: (modality, length, segment key inside the sample)
 Span = Tuple[int, int, int]
@@ -63,7 +67,22 @@ def _short_sample(rng: random.Random) -> List[Span]:
             (TEXT, rng.randint(3, 12), 1)]
 
 
-_SAMPLERS = {"aki": _aki_sample, "many_short": _short_sample}
+def _turns_sample(rng: random.Random, images_per_turn, image_tokens: int = IMAGE_TOKENS) -> List[Span]:
+    """System text, then per turn: its images (each after a short tag) and question (one segment), the answer."""
+    spans: List[Span] = [(TEXT, rng.randint(10, 40), 0)]
+    for t, n_img in enumerate(images_per_turn):
+        seg = 2 * t
+        for _ in range(n_img):
+            spans += [(TEXT, rng.randint(2, 6), seg), (IMAGE, image_tokens, seg)]
+        spans.append((TEXT, rng.randint(16, 96), seg))
+        spans.append((TEXT, rng.randint(8, 240), seg + 1))
+    return spans
+
+
+_SAMPLERS = {"aki": _aki_sample, "many_short": _short_sample,
+             "one_image": lambda rng: _turns_sample(rng, [1], image_tokens=ONE_IMAGE_TOKENS),
+             "three_images": lambda rng: _turns_sample(rng, [3]),
+             "two_turns": lambda rng: _turns_sample(rng, [1, 1])}
 
 
 def _pack_row(name: str, seqlen: int, rng: random.Random):

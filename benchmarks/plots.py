@@ -34,11 +34,17 @@ def make_plots(records: List[Dict], out_dir: str) -> List[str]:
     groups: Dict[tuple, List[Dict]] = defaultdict(list)
     for r in records:
         groups[group_key(r)].append(r)
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     paths = []
     for key, recs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if not any(r["status"] == "ok" for r in recs):
             continue
-        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+        has_mem = any(r["status"] == "ok" and r.get("peak_mem_mib") for r in recs)
+        any_oom = any(r["status"] == "oom" for r in recs)
+        # no memory panel where nothing measured memory (CPU runs)
+        fig, axes = plt.subplots(1, 2 if has_mem else 1, figsize=(13 if has_mem else 8.5, 4.6), squeeze=False)
+        ax_t, ax_m = axes[0][0], (axes[0][1] if has_mem else None)
         for prov in sorted({r["provider"] for r in recs}, key=lambda p: list(STYLE).index(p) if p in STYLE else 99):
             pts = sorted((r for r in recs if r["provider"] == prov), key=lambda r: r["seqlen"])
             ok = [r for r in pts if r["status"] == "ok"]
@@ -47,30 +53,33 @@ def make_plots(records: List[Dict], out_dir: str) -> List[str]:
             color, fmt = STYLE.get(prov, (None, "-"))
             ax_t.plot([r["seqlen"] for r in ok], [r["median_ms"] for r in ok], fmt, color=color, label=prov)
             mem = [r for r in ok if r.get("peak_mem_mib")]
-            if mem:
+            if mem and ax_m is not None:
                 ax_m.plot([r["seqlen"] for r in mem], [r["peak_mem_mib"] for r in mem], fmt, color=color, label=prov)
             oom = [r for r in pts if r["status"] == "oom"]
             if oom:
                 ax_t.plot([r["seqlen"] for r in oom], [ok[-1]["median_ms"]] * len(oom), "x", color=color, ms=9)
         lens = sorted({r["seqlen"] for r in recs})
-        for ax in (ax_t, ax_m):
+        for ax in [a for a in (ax_t, ax_m) if a is not None]:
             ax.set_xscale("log", base=2)
             ax.set_xticks(lens, [f"{n // 1024}K" if n >= 1024 else str(n) for n in lens])
             ax.minorticks_off()
-        ax_t.set(yscale="log", xlabel="sequence length", ylabel="median time (ms)")
-        ax_m.set(xlabel="sequence length", ylabel="peak memory (MiB)")
-        if not ax_m.lines:
-            ax_m.text(0.5, 0.5, "peak memory is measured on CUDA only", ha="center", va="center",
-                      transform=ax_m.transAxes)
-            ax_m.set_yticks([])
-        else:
-            ax_m.set_yscale("log")
-        ax_t.legend(fontsize=8)
+            ax.set_xlim(lens[0] / 1.25, lens[-1] * 1.25)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.grid(True, which="major", alpha=0.3)
+            ax.tick_params(labelsize=10)
+            ax.set_xlabel("sequence length", fontsize=11)
+        ax_t.set_ylabel("median time (ms)", fontsize=11)
+        if ax_m is not None:
+            ax_m.set_ylabel("peak memory (MiB)", fontsize=11)
+        # legend outside the axes, right of the last panel: never on the lines
+        (ax_m or ax_t).legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         r0 = recs[0]
         what = (f"train step, {r0.get('layers')} layers" if key[0] == "e2e"
                 else f"{r0['mode']}, H={r0['heads_q']}/{r0['heads_kv']}, D={r0['head_dim']}")
-        fig.suptitle(f"{key[0]} {what}, {r0['dtype']}, layout {r0['layout']} - {r0['device']} "
-                     f"(x: out of memory)", fontsize=10)
+        fig.suptitle(f"{key[0]} {what}, {r0['dtype']}, layout {r0['layout']} - {r0['device']}"
+                     + (" (x: out of memory)" if any_oom else ""), fontsize=10)
         fig.tight_layout()
         path = os.path.join(out_dir, plot_name(key))
         fig.savefig(path, dpi=90)

@@ -17,7 +17,8 @@ REQUIRED_FIELDS = (
     "allowed_pairs", "median_ms", "tflops", "peak_mem_mib", "status", "device", "torch", "triton",
     "git_commit", "date",
 )
-EXTRA_FIELDS = ("timer", "mask_ms", "backend", "tokens_per_s", "layers", "vs_mma_time", "vs_mma_mem", "note")
+EXTRA_FIELDS = ("timer", "mask_ms", "backend", "tokens_per_s", "layers", "vs_mma_time", "vs_mma_mem", "note",
+                "check", "check_err", "check_tol")
 SUITES = ("kernel", "e2e")
 MODES = ("fwd", "bwd", "fwd_bwd", "train_step")
 STATUSES = ("ok", "oom", "error", "skipped")

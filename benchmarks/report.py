@@ -157,6 +157,33 @@ def update_readme(readme: str, text: str) -> None:
         f.write(f"{pre}{BEGIN}\n{text}\n{END}{post}")
 
 
+RATIO_MEANING = ("ratio columns (`<provider> 1.84x`) = provider time / mma time on the same case: above 1, "
+                 "mma is faster; `+mask` figures include the mask build and are over mma+mask")
+
+
+def check_lines(records: List[Dict]) -> List[str]:
+    """One line per correctness check (each provider's output against mma before timing), with its tolerance."""
+    out, seen = [], set()
+    for r in records:
+        if not r.get("check"):
+            continue
+        if r["suite"] == "kernel":
+            case = (f"kernel {r['layout']} {r['dtype']} B={r['batch']} L={_fmt_len(r['seqlen'])} "
+                    f"H={r['heads_q']}/{r['heads_kv']} D={r['head_dim']}")
+            what = "max|out - mma| / rms(mma) over non-padding rows"
+        else:
+            case = f"e2e {r['dtype']} L={_fmt_len(r['seqlen'])} layers={r.get('layers')}"
+            what = "|loss - mma loss|"
+        key = (case, r["provider"])
+        if key in seen or r["provider"] == "mma" or r["provider"].endswith("+mask"):  # mma is the reference
+            continue
+        seen.add(key)
+        err, tol = r.get("check_err"), r.get("check_tol")
+        figures = f"{what} = {err:.3g} (tolerance {tol:.3g})" if err is not None and tol is not None else what
+        out.append(f"{r['check'].upper():4} {case} {r['provider']}: {figures}")
+    return out
+
+
 def summary_lines(records: List[Dict]) -> List[str]:
     """Short console summary: per case and mode, mma's time and every other provider's ratio to it."""
     groups = defaultdict(dict)

@@ -37,6 +37,39 @@ def test_cpu_run_says_kernel_timings_need_a_gpu(run_dir):
     assert "kernel timings need a CUDA GPU" in (proc.stdout + proc.stderr)
 
 
+def test_console_explains_ratios_checks_and_estimate(run_dir):
+    _, proc = run_dir
+    assert "CPU run estimate: about" in proc.stderr
+    assert "provider time / mma time" in proc.stdout
+    checks = [ln for ln in proc.stdout.splitlines() if ln.startswith(("PASS ", "FAIL "))]
+    assert len(checks) >= 8 and all("tolerance" in ln for ln in checks)
+    assert all(ln.startswith("PASS") for ln in checks), checks
+
+
+def _cli(*args, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_refuses_a_cpu_run_over_ten_minutes_unless_forced(tmp_path):
+    """The README's custom command on a CPU machine: hours of dense CPU attention. Refused, with the
+    estimate and the way out, before anything runs or any file is written."""
+    out = tmp_path / "my_run"
+    proc = _cli("--device", "cpu", "--seqlens", "4K,16K", "--head-dim", "96", "--heads", "32/8", "--dtype", "bf16",
+                "--mode", "fwd_bwd", "--output", str(out))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "CPU run estimate" in proc.stderr and "--force" in proc.stderr
+    assert not out.exists()
+
+
+def test_help_names_the_console_script():
+    code = "import sys; sys.argv[0] = 'mma-bench'; from benchmarks.__main__ import main; main(['--help'])"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: mma-bench"), proc.stdout[:200]
+    assert "--force" in proc.stdout and "tiles" in proc.stdout
+
+
 def test_jsonl_schema_and_statuses(run_dir):
     recs = _records(run_dir[0])
     assert len(recs) > 20
@@ -87,9 +120,51 @@ def test_csv_and_plots_written(run_dir):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cpu_plots_have_no_memory_panel_and_no_oom_legend(run_dir):
+    """On CPU nothing measures memory: one panel (time), and no "x: out of memory" when nothing ran out."""
+    from benchmarks.plots import make_plots
+    from benchmarks.records import read_jsonl
+
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = []
+    orig = plt.Figure.savefig
+
+    def keep(fig, *a, **k):
+        figs.append(fig)
+        return orig(fig, *a, **k)
+
+    recs = read_jsonl(run_dir[0] / "results.jsonl")
+    try:
+        plt.Figure.savefig = keep
+        make_plots(recs, str(run_dir[0] / "plots_check"))
+    finally:
+        plt.Figure.savefig = orig
+    assert figs
+    for fig in figs:
+        assert len(fig.axes) == 1
+        assert "out of memory" not in fig._suptitle.get_text()
+
+
 def test_report_renders_a_cpu_results_file(run_dir):
     out = run_dir[0]
     proc = subprocess.run([sys.executable, "-m", "benchmarks.report", "--file", str(out / "results.jsonl")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| 256 |" in proc.stdout and "tok/s" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_gpu_check_needs_a_gpu_and_plans_three_steps():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "needs a CUDA GPU" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--max-minutes", "30"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for what in ("-m pytest -m cuda", "-m benchmarks --preset full --save-results --resume", "--max-minutes 30",
+                 "-m benchmarks.static --arch 90"):
+        assert what in proc.stdout, proc.stdout

@@ -8,7 +8,7 @@ import torch
 from benchmarks import report
 from benchmarks.check import Mismatch, check_close
 from benchmarks.kernel_suite import KernelCase, KernelRunner
-from benchmarks.layouts import IMAGE_TOKENS, LAYOUTS, causal_layout, make_layout
+from benchmarks.layouts import IMAGE_TOKENS, LAYOUTS, ONE_IMAGE_TOKENS, causal_layout, make_layout
 from benchmarks.providers import PROVIDERS, Provider
 from benchmarks.records import REQUIRED_FIELDS, complete, validate
 from benchmarks.timing import Timer
@@ -36,14 +36,18 @@ def test_layout_ids_are_a_valid_mma_mask(name, seqlen):
     assert set(mod.unique().tolist()) <= {-1, 0, 1} and (mod == 1).any()
     for row in mod.tolist():
         images = [n for m, n in _runs(row) if m == 1]
-        # every image is 144 tokens, except one cut by the row end
-        assert sum(n != IMAGE_TOKENS for n in images) <= 1
+        # every image is 144 tokens (576 in `one_image`), except one cut by the row end
+        size = ONE_IMAGE_TOKENS if name == "one_image" else IMAGE_TOKENS
+        assert sum(n != size for n in images) <= 1
         pad = [i for i, m in enumerate(row) if m == -1]
         assert pad == list(range(seqlen - len(pad), seqlen))  # padding only at the end
     # images see the question after them: MMA allows more pairs than causal over the same documents
+    # (except where a 576-token image is cut by the row end before any question: one_image at 300)
     mma = MMAMask(lay.modality_ids, lay.segment_ids, lay.document_ids).num_allowed()
     causal = MMAMask(lay.modality_ids, None, lay.document_ids).num_allowed()
-    assert (mma > causal).all()
+    assert (mma >= causal).all()
+    if not (name == "one_image" and seqlen < 1024):
+        assert (mma > causal).all()
 
 
 def test_layouts_deterministic_and_many_short_is_many_documents():

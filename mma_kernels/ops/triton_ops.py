@@ -57,26 +57,35 @@ def _fix_interpreter_index() -> bool:
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 
 
+# Autotune lists, checked statically for sm_90 (`python -m benchmarks.static --arch 90`, results in
+# benchmarks/results/static/): every config up to head dim 128 is spill-free, except dK/dV at head dim
+# 128 where every wgmma tile spills today (the two listed spill least); backward tiles keep >= 64 rows
+# on the wgmma side (32-row dQ tiles and 32-key dK/dV tiles fall back to mma.sync).
+_CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+    "fwd": [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 2)],
+    "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+    "dkdv": [(64, 64, 8, 2), (32, 64, 4, 2)],
+}
+
+
 def _configs(kind: str):
-    if kind == "fwd":
-        shapes = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)]
-    else:
-        shapes = [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in _CONFIGS[kind]]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles whose register/shared footprint is hopeless for wide heads."""
+    """Per head-dim block: tiles over 128x64 only up to 64 (128x128 spills at 128); for wide heads
+    (> 128) only tiles up to 64x64, whose register/shared footprint can fit."""
     bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 128))
-    keep = [c for c in configs if bd <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    limit = 128 * 128 if bd <= 64 else 128 * 64 if bd <= 128 else 64 * 64
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit]
     return keep or configs[-1:]
 
 
 _KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW"]
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
-    "dq": triton.autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dq_kernel),
-    "dkdv": triton.autotune(_configs("bwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
+    "dq": triton.autotune(_configs("dq"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dq_kernel),
+    "dkdv": triton.autotune(_configs("dkdv"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
 }
 _raw = {"fwd": tk.mma_fwd_kernel, "dq": tk.mma_bwd_dq_kernel, "dkdv": tk.mma_bwd_dkdv_kernel}
 

@@ -1,0 +1,311 @@
+"""`python -m benchmarks --suite tiles`: exact tile accounting on CPU, no GPU and no kernel run needed.
+
+For each layout, length and autotuned tile shape: how many tiles the forward and dQ kernels (query side)
+and the dK/dV kernel (key side) visit per head, split into plain (no mask arithmetic) and masked tiles,
+against the minimum (tiles holding at least one allowed pair), and at 16K against the block count of
+FlexAttention's `create_block_mask` at the forward's 128x64 tile (one build per case: it takes
+most of a minute at 16K on CPU, and ~400 s at 128K, so it is not run there); plus mask build time, `MMAMask` against
+`create_block_mask`.
+
+The visit counts replicate the kernels' own range logic (`_key_block_ranges`, `_query_block_ranges` in
+`mma_kernels/ops/triton_kernels.py`) vectorised in torch; `tests/test_tiles_suite.py` checks the replica
+against the kernels' helpers run in the interpreter, and the minimum against the dense mask.
+The minimum is counted exactly with prefix sums, O(L / block) per tile row, never an L x L tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import torch
+
+from mma_kernels.mask import DOC, KMOD, KV_HI, KV_LO, Q_HI, Q_LO, QBITS, SEG, MMAMask
+
+
+FLEX_SHAPE = (128, 64)  # the tile FlexAttention's BlockMask is built at (the forward's headline tile)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def query_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Tensor, ...]:
+    """`_key_block_ranges` for every query row block: (n_lo, f_lo, f_hi, n_hi), each int64 [B, nqb]."""
+    meta, padcum = mask.meta.long(), mask.padcum.long()
+    Lk = meta.shape[-1]
+    off = Lk - Lq
+    nqb = _cdiv(Lq, BM)
+    rows = torch.arange(nqb * BM).view(nqb, BM)
+    ok = rows < Lq
+    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
+    kv_lo = torch.where(ok, meta[:, KV_LO, idx].view(-1, nqb, BM), Lk)
+    kv_hi = torch.where(ok, meta[:, KV_HI, idx].view(-1, nqb, BM), -1)
+    valid = kv_hi >= 0
+    lo, hi = kv_lo.amin(-1), kv_hi.amax(-1)
+    any_valid = hi >= 0
+    n_lo = torch.where(any_valid, lo // BN, 0)
+    n_hi = torch.where(any_valid, hi // BN + 1, 0)
+    lo_max = torch.where(valid, kv_lo, 0).amax(-1)
+    f_lo = (lo_max + BN - 1) // BN
+    row_start = torch.arange(nqb) * BM
+    f_hi = ((row_start + off + 1) // BN).expand_as(f_lo)
+    a = (f_lo * BN).clamp(max=Lk)
+    b = (f_hi * BN).clamp(max=Lk)
+    pads = padcum.gather(1, b) - padcum.gather(1, a)
+    full = any_valid & (f_lo < f_hi) & (pads == 0)
+    return n_lo, torch.where(full, f_lo, n_hi), torch.where(full, f_hi, n_hi), n_hi
+
+
+def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Tensor, ...]:
+    """`_query_block_ranges` for every key block: (m_lo, f_lo, f_hi, m_hi), each int64 [B, nkb]."""
+    meta, padcum = mask.meta.long(), mask.padcum.long()
+    Lk = meta.shape[-1]
+    off = Lk - Lq
+    nkb = _cdiv(Lk, BN)
+    keys = torch.arange(nkb * BN).view(nkb, BN)
+    ok = keys < Lk
+    idx = keys.clamp(max=Lk - 1).view(-1)
+    q_lo = torch.where(ok, meta[:, Q_LO, idx].view(-1, nkb, BN), Lk)
+    q_hi = torch.where(ok, meta[:, Q_HI, idx].view(-1, nkb, BN), -1)
+    valid = q_hi >= 0
+    r_lo = (q_lo.amin(-1) - off).clamp(min=0)
+    r_hi = (q_hi.amax(-1) - off).clamp(max=Lq - 1)
+    nonempty = r_hi >= r_lo
+    m_lo = torch.where(nonempty, r_lo // BM, 0)
+    m_hi = torch.where(nonempty, r_hi // BM + 1, 0)
+    key_start = torch.arange(nkb) * BN
+    first_row = (key_start + BN - 1 - off).clamp(min=0)
+    f_lo = ((first_row + BM - 1) // BM).expand_as(m_lo)
+    end_row = torch.where(valid, q_hi, Lk).amin(-1) - off + 1
+    f_hi = end_row.clamp(min=0) // BM
+    kend = (key_start + BN).clamp(max=Lk).expand_as(m_lo)
+    pads = padcum.gather(1, kend) - padcum.gather(1, key_start.expand_as(m_lo))
+    full = nonempty & (key_start + BN <= Lk) & (pads == 0) & (f_lo < f_hi)
+    f_lo = torch.where(full, torch.minimum(torch.maximum(f_lo, m_lo), m_hi), m_hi)
+    f_hi = torch.where(full, torch.minimum(f_hi, m_hi), m_hi)
+    return m_lo, f_lo, torch.maximum(f_hi, f_lo), m_hi
+
+
+def loop_tiles(lo, f_lo, f_hi, hi) -> Tuple[int, int]:
+    """(masked, plain) tiles of the kernels' three loops: masked [lo, f_lo), plain [f_lo, f_hi), masked [f_hi, hi)."""
+    n = lambda a, b: (b - a).clamp(min=0).sum()  # noqa: E731  (a Python range(a, b) runs max(0, b - a) times)
+    return int(n(lo, f_lo) + n(f_hi, hi)), int(n(f_lo, f_hi))
+
+
+def tiles_with_work(mask: MMAMask, Lq: int, BM: int, BN: int) -> torch.Tensor:
+    """Bool [B, nqb, nkb]: the tile holds at least one allowed (query, key) pair. Exact, O(L * L / (BM * BN)) bools.
+
+    Causal part: query p sees the valid keys of [doc start, p]; each row adds its block interval to a
+    difference array of its tile row; a covered block counts if it holds a valid key (the interval's end
+    blocks always do). Look-ahead part: the rows of one tile row, segment and look-ahead bits see, of each
+    modality in the bits, the keys in (first such row, its segment's last such key]; blocks of that
+    interval count when a prefix count of the modality says they hold one.
+    """
+    meta, padcum = mask.meta.long(), mask.padcum.long()
+    B, _, Lk = meta.shape
+    off = Lk - Lq
+    nqb, nkb = _cdiv(Lq, BM), _cdiv(Lk, BN)
+    starts = torch.arange(nkb) * BN
+    ends = (starts + BN).clamp(max=Lk)
+    blk_valid = (ends - starts) - (padcum[:, ends] - padcum[:, starts]) > 0  # [B, nkb]
+
+    p = torch.arange(Lq) + off
+    qvalid = meta[:, DOC, p] >= 0
+    m_of = (torch.arange(Lq) // BM).expand(B, Lq)
+    kv_lo = meta[:, KV_LO, p].clamp(max=Lk - 1)
+    width = nkb + 1
+    base = torch.arange(B)[:, None] * (nqb * width) + m_of * width
+    diff = torch.zeros(B * nqb * width, dtype=torch.int32)
+    w = qvalid.int().view(-1)
+    diff.scatter_add_(0, (base + kv_lo // BN).view(-1), w)
+    diff.scatter_add_(0, (base + p // BN + 1).view(-1), -w)
+    allowed = (diff.view(B, nqb, width).cumsum(-1)[..., :nkb] > 0) & blk_valid[:, None, :]
+
+    kv_hi, bits, seg = meta[:, KV_HI, p], meta[:, QBITS, p], meta[:, SEG, p]
+    ahead = qvalid & (bits != 0) & (kv_hi > p)
+    if ahead.any():
+        bi, qi = ahead.nonzero(as_tuple=True)
+        keys = torch.stack([bi, m_of[bi, qi], seg[bi, qi], bits[bi, qi]], 1)
+        groups, inv = torch.unique(keys, dim=0, return_inverse=True)
+        G = groups.shape[0]
+        first = torch.full((G,), Lk, dtype=torch.long).scatter_reduce(0, inv, p[qi], "amin")
+        last = torch.full((G,), -1, dtype=torch.long).scatter_reduce(0, inv, kv_hi[bi, qi], "amax")
+        gb, gm, gbits = groups[:, 0], groups[:, 1], groups[:, 3]
+        kvalid = meta[:, DOC] >= 0
+        for k in torch.unique(meta[:, KMOD][kvalid]).tolist():
+            sel = ((gbits >> k) & 1) != 0
+            if not sel.any():
+                continue
+            lo, hi, sb, sm = first[sel] + 1, last[sel], gb[sel], gm[sel]
+            cnt = torch.cat([torch.zeros(B, 1, dtype=torch.long), (kvalid & (meta[:, KMOD] == k)).long().cumsum(1)], 1)
+            b0, b1 = lo // BN, hi // BN
+            lens = (b1 - b0 + 1).clamp(min=0)
+            rep = torch.repeat_interleave(torch.arange(len(lo)), lens)
+            offs = torch.arange(len(rep)) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+            n = b0[rep] + offs
+            s = torch.maximum(lo[rep], n * BN)
+            e = torch.minimum(hi[rep], n * BN + BN - 1)
+            has = cnt[sb[rep], e + 1] - cnt[sb[rep], s] > 0
+            allowed[sb[rep][has], sm[rep][has], n[has]] = True
+    return allowed
+
+
+def flex_blocks(layout, BM: int, BN: int) -> Tuple[int, int, float]:
+    """(blocks, full blocks, build seconds) of FlexAttention's BlockMask for the contract's mask_mod."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from mma_kernels.reference import flex_mask_mod
+
+    B, L = layout.modality_ids.shape
+    mm = flex_mask_mod(layout.modality_ids, layout.segment_ids, layout.document_ids)
+    t = time.perf_counter()
+    bm = create_block_mask(mm, B, None, L, L, device="cpu", BLOCK_SIZE=(BM, BN), _compile=False)
+    dt = time.perf_counter() - t
+    full = int(bm.full_kv_num_blocks.sum()) if bm.full_kv_num_blocks is not None else 0
+    return int(bm.kv_num_blocks.sum()) + full, full, dt
+
+
+def tile_shapes() -> Dict[str, List[Tuple[int, int]]]:
+    """Distinct (BLOCK_M, BLOCK_N) of each kernel's autotune list."""
+    from mma_kernels.ops import triton_ops
+
+    out = {}
+    for kind in ("fwd", "dq", "dkdv"):
+        seen = []
+        for c in triton_ops._tuned[kind].configs:
+            s = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"])
+            if s not in seen:
+                seen.append(s)
+        out[kind] = seen
+    return out
+
+
+def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
+    """Records per kernel and tile shape, and the FlexAttention build ({} unless `flex_shape` is given)."""
+    mask = MMAMask(layout.modality_ids, layout.segment_ids, layout.document_ids)
+    B = layout.modality_ids.shape[0]
+    recs, minimum, flexed = [], {}, {}
+    if flex_shape:  # one create_block_mask per case: it takes most of a minute at 16K on CPU
+        flexed[tuple(flex_shape)] = flex_blocks(layout, *flex_shape)
+    for kind, shapes in tile_shapes().items():
+        for BM, BN in shapes:
+            if (BM, BN) not in minimum:
+                minimum[(BM, BN)] = int(tiles_with_work(mask, seqlen, BM, BN).sum())
+            ranges = (query_side_ranges if kind != "dkdv" else key_side_ranges)(mask, seqlen, BM, BN)
+            masked, plain = loop_tiles(*ranges)
+            mn = minimum[(BM, BN)]
+            rec = dict(layout=layout.name, seqlen=seqlen, batch=B, kernel=kind, block_m=BM, block_n=BN,
+                       visited=masked + plain, plain=plain, masked=masked, minimum=mn,
+                       excess_pct=round(100 * (masked + plain - mn) / mn, 2) if mn else None,
+                       total_tiles=B * _cdiv(seqlen, BM) * _cdiv(seqlen, BN))
+            if (BM, BN) in flexed:
+                rec.update(flex_blocks=flexed[(BM, BN)][0], flex_full_blocks=flexed[(BM, BN)][1])
+            recs.append(rec)
+    build = {}
+    if flexed:
+        (BM, BN), (_, _, secs) = next(iter(flexed.items()))
+        build = dict(create_block_mask_ms=round(1e3 * secs, 1), create_block_mask_block=f"{BM}x{BN}")
+    return recs, build
+
+
+def build_times(layout, reps: int = 3) -> Dict:
+    """Median `MMAMask` build time (one warm-up call excluded)."""
+    ids = (layout.modality_ids, layout.segment_ids, layout.document_ids)
+    MMAMask(*ids)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        MMAMask(*ids)
+        ts.append(time.perf_counter() - t)
+    return dict(layout=layout.name, seqlen=layout.modality_ids.shape[1], mmamask_ms=round(1e3 * statistics.median(ts), 2))
+
+
+def summary_table(recs: List[Dict]) -> List[str]:
+    head = ["layout", "L", "kernel", "tile", "visited", "plain", "masked", "minimum", "excess %", "flex blocks"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in recs:
+        out.append(f"| {r['layout']} | {r['seqlen'] // 1024}K | {r['kernel']} | {r['block_m']}x{r['block_n']} | "
+                   f"{r['visited']} | {r['plain']} | {r['masked']} | {r['minimum']} | {r['excess_pct']} | "
+                   f"{r.get('flex_blocks', '-')} |")
+    return out
+
+
+def plot(recs: List[Dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = ("fwd", "dq", "dkdv")
+    lens = sorted({r["seqlen"] for r in recs})
+    layouts = list(dict.fromkeys(r["layout"] for r in recs))
+    all_shapes = list(dict.fromkeys((r["block_m"], r["block_n"]) for r in recs))
+    color = {sh: f"C{i}" for i, sh in enumerate(all_shapes)}  # one colour per tile shape in every panel
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    for ax, kind in zip(axes, kinds):
+        rs = [r for r in recs if r["kernel"] == kind and r["seqlen"] == lens[0]]
+        shapes = list(dict.fromkeys((r["block_m"], r["block_n"]) for r in rs))
+        w = 0.8 / max(len(shapes), 1)
+        for j, sh in enumerate(shapes):
+            ys = [next((r["excess_pct"] for r in rs if r["layout"] == lay and (r["block_m"], r["block_n"]) == sh), 0)
+                  for lay in layouts]
+            ax.bar([i + (j - (len(shapes) - 1) / 2) * w for i in range(len(layouts))], ys, w, color=color[sh])
+        ax.set_xticks(range(len(layouts)), layouts, rotation=20)
+        ax.set_title(f"{kind}: tiles visited over the minimum, L={lens[0] // 1024}K", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=color[sh], label=f"{sh[0]}x{sh[1]}") for sh in all_shapes]
+    axes[0].set_ylabel("extra tiles visited (% of minimum)")
+    axes[-1].legend(handles=handles, title="tile (rows x keys)", fontsize=9, loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run(seqlens: List[int], layouts: List[str], out_dir: str, flex_upto: int = 16384, batch: int = 1) -> int:
+    from .layouts import make_layout
+    from .records import environment
+
+    os.makedirs(out_dir, exist_ok=True)
+    env = environment(torch.device("cpu"))
+    recs, builds = [], []
+    t0 = time.time()
+    for L in seqlens:
+        for name in layouts:
+            lay = make_layout(name, batch, L, seed=0)
+            t = time.time()
+            rs, flex_build = count_case(lay, L, FLEX_SHAPE if L <= flex_upto else None)
+            builds.append(dict(env, **build_times(lay), **flex_build))
+            recs += [dict(env, **r) for r in rs]
+            print(f"tiles: {name} L={L}: {time.time() - t:.1f} s", file=sys.stderr, flush=True)
+    with open(os.path.join(out_dir, "tiles.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    with open(os.path.join(out_dir, "mask_build.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in builds)
+    from .records import write_csv
+
+    write_csv(os.path.join(out_dir, "tiles.csv"), recs)
+    table = summary_table(recs)
+    bt = ["| layout | L | MMAMask ms | create_block_mask ms (block) |", "|---|---|---|---|"]
+    bt += [f"| {b['layout']} | {b['seqlen'] // 1024}K | {b['mmamask_ms']} | "
+           + (f"{b['create_block_mask_ms']} ({b['create_block_mask_block']}) |" if "create_block_mask_ms" in b
+              else "not run (over --flex-upto) |") for b in builds]
+    with open(os.path.join(out_dir, "tiles.md"), "w", encoding="utf-8") as f:
+        f.write(f"# Tiles visited per head vs the minimum\n\n{env['device']}, torch {env['torch']}, triton "
+                f"{env['triton']}, commit `{env['git_commit']}`, {env['date']}. Batch {batch}. `visited` = plain + "
+                "masked tiles the kernel's loops run; `minimum` = tiles holding at least one allowed pair; "
+                "`flex blocks` = FlexAttention BlockMask blocks (partial + full) at the same tile shape.\n\n"
+                + "\n".join(table) + "\n\n## Mask build time (CPU, 1 thread)\n\n" + "\n".join(bt) + "\n")
+    try:
+        plot(recs, os.path.join(out_dir, "tiles.png"))
+    except ImportError as exc:
+        print(f"no plot ({exc}); pip install mma-kernels[bench]", file=sys.stderr)
+    print("\n".join(table + [""] + bt))
+    print(f"\n{len(recs)} records -> {out_dir}/tiles.jsonl, tiles.csv, tiles.md, tiles.png in {time.time() - t0:.0f} s")
+    return 0

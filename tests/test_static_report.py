@@ -1,0 +1,82 @@
+"""The kernels' sm_90 machine code, built on CPU through the runtime's own specialisation
+(`python -m benchmarks.static`), keeps the properties the Hopper fast path needs.
+
+Compiles the headline variants (bf16, head dim 128: the forward's 128x64 tile and the widest
+dQ and dK/dV tiles of the autotune lists) in a subprocess without TRITON_INTERPRET, then asserts
+invariants that hold today: wgmma (HGMMA) and no mma.sync in every kernel, 16-byte async copies,
+no spills in the forward and dQ, a plain and a masked tile loop each doing matrix work, pointers
+and strides specialised as 16-divisible. The issue-11 goals that do not hold yet (instructions per
+tile, masked/plain ratio, dK/dV spills) are printed as figures, not asserted.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADLINE = {"fwd": "128x64x8x3", "dq": "128x64x8x2", "dkdv": "64x64x8x2"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("static") / "sm90.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    only = ",".join(f"{k}:{v}" for k, v in HEADLINE.items())
+    cmd = [sys.executable, "-m", "benchmarks.static", "--arch", "90", "--dtypes", "bf16", "--head-dims", "128",
+           "--only", only, "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert out.with_suffix(".md").read_text().count("| bf16 | 128 |") == 3
+    return {r["kernel"]: r for r in data["records"]}, data["header"]
+
+
+def test_three_headline_variants_compiled_for_sm90(report):
+    recs, head = report
+    assert set(recs) == {"fwd", "dq", "dkdv"} and head["arch"] == "sm_90"
+    for kind, r in recs.items():
+        assert "error" not in r, r
+        assert f"{r['block_m']}x{r['block_n']}x{r['num_warps']}x{r['num_stages']}" == HEADLINE[kind]
+        assert r["in_autotune"], f"{kind} headline config left the autotune list"
+        assert 0 < r["regs"] <= 255 and r["ctas_per_sm"] >= 1
+
+
+def test_runtime_specialisation(report):
+    """The launch is specialised as on a GPU: 16-divisible pointers and row strides (what enables
+    16-byte vector and async loads), the int arguments as the values need."""
+    for kind, r in report[0].items():
+        for name in ("Q", "K", "V", "META"):
+            assert name in r["aligned_args"], (kind, r["aligned_args"])
+        assert "skn" in r["aligned_args"] and "sqm" in r["aligned_args"]
+
+
+def test_wgmma_and_async_copies_everywhere(report):
+    for kind, r in report[0].items():
+        assert r["hgmma"] > 0 and r["hmma"] == 0, f"{kind}: wgmma lost (HGMMA {r['hgmma']}, HMMA {r['hmma']})"
+        assert r["async_copy"] > 0, f"{kind}: no cp.async (LDGSTS) left"
+        kinds = [lp["kind"] for lp in r["loops"]]
+        assert "plain" in kinds and "masked" in kinds, (kind, r["loops"])
+        for lp in r["loops"]:
+            if lp["kind"] in ("plain", "masked"):
+                assert lp["hgmma"] > 0, (kind, lp)
+
+
+def test_forward_and_dq_headlines_do_not_spill(report):
+    for kind in ("fwd", "dq"):
+        r = report[0][kind]
+        assert r["spill_bytes"] == 0 and r["stack_bytes"] == 0, r
+        assert all(lp["spill_bytes"] == 0 for lp in r["loops"])
+
+
+def test_issue11_goals_reported(report, capsys):
+    """Figures, not asserts (issue 11 point 4): plain loop per 128x64 tile (goal <= 290), masked/plain
+    (goal <= 1.3), spill bytes per kernel (goal 0)."""
+    with capsys.disabled():
+        for kind, r in report[0].items():
+            print(f"\n  {kind}: plain loop {r['plain_per_128x64']} instr per 128x64 tile, masked/plain "
+                  f"{r['masked_over_plain']}, spill bytes {r['spill_bytes']}", end="")
+    assert all(r["plain_per_128x64"] for r in report[0].values())

@@ -1,0 +1,96 @@
+"""The tiles suite (`python -m benchmarks --suite tiles`): its torch replica of the kernels' range logic
+equals what the kernels' own helpers compute (run in the interpreter), and its minimum equals the count
+of tiles holding an allowed pair in the dense mask."""
+import random
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from benchmarks import tiles
+from benchmarks.layouts import LAYOUTS as BENCH_LAYOUTS
+from benchmarks.layouts import make_layout as bench_layout
+from helpers import random_layout
+from mma_kernels import MMAMask
+from mma_kernels.ops.triton_kernels import _key_block_ranges, _query_block_ranges
+
+
+@triton.jit
+def _ranges(META, PADCUM, OUT_Q, OUT_K, smb, smf, spb, Lq, Lk, NQB, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    i = tl.program_id(0)
+    b = tl.program_id(1)
+    meta_b = META + b * smb
+    pad_b = PADCUM + b * spb
+    if i < NQB:
+        a0, a1, a2, a3 = _key_block_ranges(meta_b, smf, pad_b, i * BLOCK_M, Lq, Lk, BLOCK_M, BLOCK_N)
+        o = OUT_Q + (b * NQB + i) * 4
+        tl.store(o, a0)
+        tl.store(o + 1, a1)
+        tl.store(o + 2, a2)
+        tl.store(o + 3, a3)
+    if i < NKB:
+        c0, c1, c2, c3 = _query_block_ranges(meta_b, smf, pad_b, i * BLOCK_N, Lq, Lk, BLOCK_M, BLOCK_N)
+        o = OUT_K + (b * NKB + i) * 4
+        tl.store(o, c0)
+        tl.store(o + 1, c1)
+        tl.store(o + 2, c2)
+        tl.store(o + 3, c3)
+
+
+def kernel_ranges(mask, Lq, BM, BN):
+    B, Lk = mask.batch_size, mask.seq_len
+    nqb, nkb = triton.cdiv(Lq, BM), triton.cdiv(Lk, BN)
+    out_q = torch.full((B, nqb, 4), -99, dtype=torch.int32)
+    out_k = torch.full((B, nkb, 4), -99, dtype=torch.int32)
+    _ranges[(max(nqb, nkb), B)](mask.meta, mask.padcum, out_q, out_k, mask.meta.stride(0), mask.meta.stride(1),
+                                mask.padcum.stride(0), Lq, Lk, nqb, nkb, BLOCK_M=BM, BLOCK_N=BN)
+    return out_q.long(), out_k.long()
+
+
+def dense_work(mask, Lq, BM, BN):
+    d = mask.to_dense(Lq)
+    B, Lq, Lk = d.shape
+    nq, nk = triton.cdiv(Lq, BM), triton.cdiv(Lk, BN)
+    pad = torch.zeros(B, nq * BM, nk * BN, dtype=torch.bool)
+    pad[:, :Lq, :Lk] = d
+    return pad.view(B, nq, BM, nk, BN).any(4).any(2)
+
+
+def check(mod, seg, doc, policy, Lq, BM, BN):
+    mask = MMAMask(mod, seg, doc, policy=policy)
+    rq, rk = kernel_ranges(mask, Lq, BM, BN)
+    assert torch.equal(torch.stack(tiles.query_side_ranges(mask, Lq, BM, BN), -1), rq)
+    assert torch.equal(torch.stack(tiles.key_side_ranges(mask, Lq, BM, BN), -1), rk)
+    work = tiles.tiles_with_work(mask, Lq, BM, BN)
+    assert torch.equal(work, dense_work(mask, Lq, BM, BN))
+    # what the counts mean: visited tiles include every tile with work, on both sides
+    masked, plain = tiles.loop_tiles(*tiles.query_side_ranges(mask, Lq, BM, BN))
+    assert masked + plain >= int(work.sum())
+    masked, plain = tiles.loop_tiles(*tiles.key_side_ranges(mask, Lq, BM, BN))
+    assert masked + plain >= int(work.sum())
+
+
+def test_replica_matches_kernel_helpers_on_random_layouts():
+    rng = random.Random(5)
+    for _ in range(25):
+        L = rng.randint(1, 100)
+        mod, seg, doc = random_layout(rng, 2, L, max_mod=2)
+        if rng.random() < 0.3:  # padding inside documents too
+            mod[rng.randrange(2), rng.randrange(L)] = -1
+        policy = rng.choice(["mma", "causal", "bidirectional_image", "prefix", [(0, 2), (2, 2)]])
+        check(mod, seg, doc, policy, rng.randint(1, L), rng.choice([16, 32]), rng.choice([16, 32]))
+
+
+@pytest.mark.parametrize("name", BENCH_LAYOUTS)
+def test_replica_matches_kernel_helpers_on_benchmark_layouts(name):
+    lay = bench_layout(name, 2, 700, seed=3)
+    check(lay.modality_ids, lay.segment_ids, lay.document_ids, "mma", 700, 64, 32)
+
+
+def test_minimum_equals_flex_block_mask():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    lay = bench_layout("aki", 2, 512, seed=1)
+    mask = MMAMask(lay.modality_ids, lay.segment_ids, lay.document_ids)
+    blocks, _, _ = tiles.flex_blocks(lay, 64, 32)
+    assert int(tiles.tiles_with_work(mask, 512, 64, 32).sum()) == blocks
