@@ -3,11 +3,12 @@
 The mask is computed inside each tile from the per-token fields of `MMAMask.meta`
 (see `mma_kernels/mask.py`). Every program first reduces its rows' (or keys')
 ranges to a block range to visit and a sub-range of fully allowed tiles; the loop
-is split in three: masked tiles, tiles with no mask arithmetic, masked tiles.
+is split in three: masked tiles, tiles with no mask arithmetic, masked tiles; fwd and dQ add a fourth,
+the look-ahead tiles past the gap of `_lookahead_split`.
 Scores are kept in base 2: ``qk_scale = scale * log2(e)``.
 
 Field rows of META (per batch row, stride ``smf`` between fields):
-0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI, and with groups 8 GRP, 9 GBITS.
+0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI, 8 LA_LO, 9 MOD_NEXT, and with groups 10 GRP, 11 GBITS.
 WIN (only read when HAS_WINDOW) holds the per-window bounds of `MMAMask.window_fields`:
 0 KV_LO and 1 Q_HI under the window. HAS_GROUPS / HAS_WINDOW are constexpr: without groups or a
 window the kernels compile exactly to the plain MMA code.
@@ -61,8 +62,8 @@ def _load_query_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
     seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
     bits = tl.load(meta_b + 3 * smf + pos, mask=ok, other=0)
     if HAS_GROUPS:
-        grp = tl.load(meta_b + 8 * smf + pos, mask=ok, other=-1)
-        gbits = tl.load(meta_b + 9 * smf + pos, mask=ok, other=0)
+        grp = tl.load(meta_b + 10 * smf + pos, mask=ok, other=-1)
+        gbits = tl.load(meta_b + 11 * smf + pos, mask=ok, other=0)
     else:  # unused
         grp = seg
         gbits = bits
@@ -75,7 +76,7 @@ def _load_key_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
     seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
     mod = tl.load(meta_b + 2 * smf + pos, mask=ok, other=0)
     if HAS_GROUPS:
-        grp = tl.load(meta_b + 8 * smf + pos, mask=ok, other=-1)
+        grp = tl.load(meta_b + 10 * smf + pos, mask=ok, other=-1)
     else:  # unused
         grp = seg
     return doc, seg, mod, grp
@@ -115,6 +116,51 @@ def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constex
     f_lo = tl.where(full, f_lo, n_hi)
     f_hi = tl.where(full, f_hi, n_hi)
     return n_lo, f_lo, f_hi, n_hi
+
+
+@triton.jit
+def _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split [n_lo, n_hi) of `_key_block_ranges` into its causal part and its look-ahead part.
+
+    Keys after the block's last row are only ever seen by look-ahead, and no row sees one before its
+    first look-ahead key (LA_LO), so key blocks [c_hi, a_lo) hold no allowed pair. Returns the four
+    loop bounds: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), masked [a_lo, n_hi).
+    """
+    off = Lk - Lq
+    rows = row_start + tl.arange(0, BLOCK_M)
+    la = tl.min(tl.load(meta_b + 8 * smf + off + rows, mask=rows < Lq, other=Lk), 0)
+    last = tl.minimum(row_start + BLOCK_M, Lq) - 1 + off
+    c_hi = tl.maximum(tl.minimum(last // BLOCK_N + 1, n_hi), n_lo)
+    a_lo = tl.where(la < Lk, tl.maximum(la, last + 1) // BLOCK_N, n_hi)
+    a_lo = tl.minimum(tl.maximum(a_lo, c_hi), n_hi)
+    return tl.minimum(f_lo, c_hi), tl.minimum(f_hi, c_hi), c_hi, a_lo
+
+
+@triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def _look_bits(q_bits, q_gbits, HAS_GROUPS: tl.constexpr):
+    """Modalities any row of the block may look ahead at (bitmask; padding rows hold 0)."""
+    bits = q_bits
+    if HAS_GROUPS:
+        bits = bits | q_gbits
+    return tl.reduce(bits, 0, _bit_or)
+
+
+@triton.jit
+def _next_look_block(meta_b, smf, n, n_hi, bits, BLOCK_N: tl.constexpr):
+    """The next key block from `n` of the look-ahead loop: `n` itself when its first key is of a modality
+    in `bits`, else the block holding the end of that key's modality run (MOD_NEXT): blocks wholly inside
+    a run of a modality no row looks ahead at hold no look-ahead pair."""
+    p = tl.maximum(tl.minimum(n, n_hi - 1), 0) * BLOCK_N
+    mod = tl.load(meta_b + 2 * smf + p)
+    nxt = tl.load(meta_b + 9 * smf + p)
+    seen = ((bits >> mod) & 1) != 0
+    return tl.where((n >= n_hi) | seen, n, nxt // BLOCK_N)
 
 
 @triton.jit
@@ -158,35 +204,60 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 
 # ----------------------------------------------------------------------------- forward
 @triton.jit
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, start, Lk, D, qk_scale, window,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+    if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
+        k_pos = start + offs_n
+        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        kv_ok = kv_ok & (k_doc >= 0)[:, None]
+    k = tl.load(k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
+    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
+    if MASKED:
+        ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
+                      q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
+                      k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
+        qk = tl.where(ok, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
+    acc = acc * alpha[:, None]
+    acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    offs_d = tl.arange(0, BLOCK_D)
     for n in range(n_lo, n_hi):
-        start = n * BLOCK_N
-        offs_n = tl.arange(0, BLOCK_N)
-        kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
-        if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
-            k_pos = start + offs_n
-            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-            kv_ok = kv_ok & (k_doc >= 0)[:, None]
-        k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
-        qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
-        if MASKED:
-            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
-                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
-                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
-            qk = tl.where(ok, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
-        acc = acc * alpha[:, None]
-        acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
+    while n < n_hi:
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+        n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 
 
@@ -213,6 +284,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM, WIN,
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
 
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
@@ -231,8 +303,11 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM, WIN,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, n_hi, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
+                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -245,31 +320,56 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM, WIN,
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
+def _dq_tile(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, start, Lk, D, qk_scale, window,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+    if MASKED:  # padding keys load as 0
+        k_pos = start + offs_n
+        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        kv_ok = kv_ok & (k_doc >= 0)[:, None]
+    k = tl.load(k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
+    v = tl.load(v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
+    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
+    p = tl.math.exp2(qk - lse2[:, None])
+    if MASKED:
+        ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
+                      q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
+                      k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
+        p = tl.where(ok, p, 0.0)
+    dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
+    ds = p * (dp - delta[:, None])
+    return _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
+
+
+@triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    offs_d = tl.arange(0, BLOCK_D)
     for n in range(n_lo, n_hi):
-        start = n * BLOCK_N
-        offs_n = tl.arange(0, BLOCK_N)
-        kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
-        if MASKED:  # padding keys load as 0
-            k_pos = start + offs_n
-            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-            kv_ok = kv_ok & (k_doc >= 0)[:, None]
-        k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
-        qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
-        p = tl.math.exp2(qk - lse2[:, None])
-        if MASKED:
-            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
-                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
-                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
-            p = tl.where(ok, p, 0.0)
-        dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
-        ds = p * (dp - delta[:, None])
-        dq = _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+                      q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                      BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    return dq
+
+
+@triton.jit
+def _dq_look_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                   UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """The look-ahead tiles [a_lo, n_hi), hopping as `_fwd_look_tiles` does."""
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
+    while n < n_hi:
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+                      q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                      BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+        n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return dq
 
 
@@ -297,6 +397,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM, WIN,
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
 
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
     ridx = tl.arange(0, BLOCK_M)[:, None]
@@ -319,8 +420,11 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM, WIN,
                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
                    BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, n_hi, Lk, D, qk_scale, window,
+                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
                    BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    dq = _dq_look_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
+                        BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)
 
