@@ -47,23 +47,41 @@ def _impl(backend: str):
 
 @torch.library.custom_op("mma_kernels::attention_fwd", mutates_args=())
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, meta: Tensor, padcum: Tensor, scale: float, backend: str,
-                  win: Optional[Tensor] = None, window: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+                  win: Optional[Tensor] = None, window: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """(out, lse, stats): stats are the row statistics the backward recomputes p from (`_stats_shape`)."""
     ctx = _Ctx()
     out, lse = _impl(backend).forward(ctx, q, k, v, mask_from_fields(meta, padcum), scale, win, window)
-    return out, lse
+    stats = ctx.saved_tensors[-1]
+    if stats is None:
+        stats = q.new_empty(_stats_shape(q, backend), dtype=torch.float32)
+    return out, lse, stats.reshape(_stats_shape(q, backend))
+
+
+def _stats_shape(q: Tensor, backend: str):
+    """Row max and 1/sum, [2, B, Hq, Lq] float32: always on the torch path, for fp32 inputs on Triton
+    (and the fp32 output [B, Hq, Lq, D] under `triton_ops.HALF_DELTA == "fp32_out"`, fp16/bf16)."""
+    B, Hq, Lq, D = q.shape
+    if backend == "torch" or q.dtype == torch.float32:
+        return (2, B, Hq, Lq)
+    from . import triton_ops
+
+    return (B, Hq, Lq, D) if triton_ops.HALF_DELTA == "fp32_out" else (0,)
 
 
 @attention_fwd.register_fake
 def _(q, k, v, meta, padcum, scale, backend, win=None, window=None):
     B, Hq, Lq, D = q.shape
-    return q.new_empty((B, Hq, Lq, D)), q.new_empty((B, Hq, Lq), dtype=torch.float32)
+    return (q.new_empty((B, Hq, Lq, D)), q.new_empty((B, Hq, Lq), dtype=torch.float32),
+            q.new_empty(_stats_shape(q, backend), dtype=torch.float32))
 
 
 @torch.library.custom_op("mma_kernels::attention_bwd", mutates_args=())
 def attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
                   dlse: Optional[Tensor], meta: Tensor, padcum: Tensor, scale: float, backend: str,
-                  win: Optional[Tensor] = None, window: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    ctx = _Ctx(saved_tensors=(q, k, v, out, lse, win), mask=mask_from_fields(meta, padcum), scale=scale,
+                  win: Optional[Tensor] = None, window: Optional[int] = None,
+                  stats: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    stats = stats if stats is not None and stats.numel() else None
+    ctx = _Ctx(saved_tensors=(q, k, v, out, lse, win, stats), mask=mask_from_fields(meta, padcum), scale=scale,
                window=window)
     dq, dk, dv = _impl(backend).backward(ctx, dout, dlse)[:3]
     # outputs of a custom op may not alias its inputs
@@ -71,23 +89,23 @@ def attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dou
 
 
 @attention_bwd.register_fake
-def _(q, k, v, out, lse, dout, dlse, meta, padcum, scale, backend, win=None, window=None):
+def _(q, k, v, out, lse, dout, dlse, meta, padcum, scale, backend, win=None, window=None, stats=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, meta, padcum, scale, backend, win, window = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, meta, padcum, win)
+    out, lse, stats = output
+    ctx.save_for_backward(q, k, v, out, lse, meta, padcum, win, stats)
     ctx.scale, ctx.backend, ctx.window = scale, backend, window
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, meta, padcum, win = ctx.saved_tensors
+def _backward(ctx, dout, dlse, dstats):
+    q, k, v, out, lse, meta, padcum, win, stats = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = attention_bwd(q, k, v, out, lse, dout.contiguous(), dlse, meta, padcum, ctx.scale, ctx.backend,
-                               win, ctx.window)
+                               win, ctx.window, stats)
     return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -98,4 +116,4 @@ def mma_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: MMAMask, scale: floa
                      win: Optional[Tensor] = None, window: Optional[int] = None):
     """(out, lse) through the registered op. `scale` resolved, `backend` already picked ("torch"/"triton"),
     `window` effective (None or < Lk) with `win = mask.window_fields(window)`."""
-    return attention_fwd(q, k, v, mask.meta, mask.padcum, float(scale), backend, win, window)
+    return attention_fwd(q, k, v, mask.meta, mask.padcum, float(scale), backend, win, window)[:2]

@@ -1,7 +1,10 @@
 """PyTorch implementation of the contract, chunked over queries (the CPU path).
 
-Forward keeps only the output and the log-sum-exp; backward recomputes scores one query
-chunk at a time, FlashAttention-style. Peak extra memory is one chunk of scores,
+Forward keeps the output, the log-sum-exp and the row statistics (max and 1/sum); backward
+recomputes scores one query chunk at a time, FlashAttention-style, with p = exp(s - max) / sum and
+delta = sum(p * dp) as softmax's backward computes them (not exp(s - lse) and rowsum(dO * O),
+whose roundings grow with |lse| and cancel badly when one key dominates). A chunk holds every key
+its rows may see, so this costs no extra pass. Peak extra memory is one chunk of scores,
 about ``B * Hq * chunk * Lk * 4`` bytes per temporary (the chunk is sized to keep that near 16 MiB),
 never the full [Lq, Lk] matrix. Each chunk only visits the keys its queries can see.
 """
@@ -61,33 +64,37 @@ class TorchMMAttention(torch.autograd.Function):
         if q.numel() == 0:  # empty batch or no heads
             out = torch.zeros_like(q)
             lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-            ctx.save_for_backward(q, k, v, out, lse, win)
+            ctx.save_for_backward(q, k, v, out, lse, win, None)
             return out, lse
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         qg = _inert(_grouped(q, Hkv).to(cdt), mask, Lk - Lq)  # [B, Hkv, G, Lq, D]
         kf, vf = (_inert(t.to(cdt)[:, :, None], mask, 0) for t in (k, v))  # [B, Hkv, 1, Lk, D]
         out = torch.zeros_like(qg)
         lse = torch.full(qg.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+        stats = torch.zeros((2,) + qg.shape[:-1], dtype=cdt, device=q.device)  # row max, 1/sum (0: no key)
         for r0, r1, blk in _chunks(mask, B, Hq, Lq, Lk, win, window):
             if blk is None:
                 continue
             k0, k1, allowed = blk
             s = torch.matmul(qg[..., r0:r1, :], kf[..., k0:k1, :].transpose(-1, -2)) * scale
             s = s.masked_fill(~allowed, float("-inf"))
-            m = torch.logsumexp(s, dim=-1)
-            m_safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-            p = torch.exp(s - m_safe[..., None])
-            out[..., r0:r1, :] = torch.matmul(p, vf[..., k0:k1, :])
-            lse[..., r0:r1] = m.float()
+            m = s.amax(dim=-1)
+            m = torch.where(torch.isinf(m), 0.0, m)
+            e = torch.exp(s - m[..., None])
+            l = e.sum(dim=-1)
+            linv = torch.where(l > 0, 1.0 / l, 0.0)
+            out[..., r0:r1, :] = torch.matmul(e * linv[..., None], vf[..., k0:k1, :])
+            lse[..., r0:r1] = torch.where(l > 0, m + torch.log(l), float("-inf")).float()
+            stats[0, ..., r0:r1], stats[1, ..., r0:r1] = m, linv
         out = out.reshape(B, Hq, Lq, D).to(q.dtype)
         lse = lse.reshape(B, Hq, Lq)
-        ctx.save_for_backward(q, k, v, out, lse, win)
+        ctx.save_for_backward(q, k, v, out, lse, win, stats)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
         check_no_double_backward("torch")
-        q, k, v, out, lse, win = ctx.saved_tensors
+        q, k, v, out, lse, win, stats = ctx.saved_tensors
         mask, scale, window = ctx.mask, ctx.scale, ctx.window
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
@@ -96,11 +103,9 @@ class TorchMMAttention(torch.autograd.Function):
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         qg = _inert(_grouped(q, Hkv).to(cdt), mask, Lk - Lq)
         dog = _inert(_grouped(dout, Hkv).to(cdt), mask, Lk - Lq)
-        lseg = lse.reshape(B, Hkv, Hq // Hkv, Lq).to(cdt)
-        delta = (dog * _grouped(out, Hkv).to(cdt)).sum(-1)
-        if dlse is not None:  # lse is an output too: d lse / d s = p
-            delta = delta - dlse.reshape(lseg.shape).to(cdt)
-        delta = torch.where(torch.isinf(lseg), 0.0, delta)  # padding rows: whatever dlse holds there
+        mrow, linv = stats.reshape(2, B, Hkv, Hq // Hkv, Lq).to(cdt).unbind(0)
+        # d lse / d s = p: the lse gradient enters as -dlse in delta (0 on padding rows, whatever dlse holds)
+        dlse_g = torch.zeros_like(linv) if dlse is None else torch.where(linv == 0, 0.0, dlse.reshape(linv.shape).to(cdt))
         kf, vf = (_inert(t.to(cdt)[:, :, None], mask, 0) for t in (k, v))
         dq = torch.zeros_like(qg)
         dk = torch.zeros_like(kf.expand(-1, -1, Hq // Hkv, -1, -1))
@@ -112,11 +117,14 @@ class TorchMMAttention(torch.autograd.Function):
             kc, vc = kf[..., k0:k1, :], vf[..., k0:k1, :]
             qc, doc = qg[..., r0:r1, :], dog[..., r0:r1, :]
             s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
-            lse_c = lseg[..., r0:r1, None]
-            p = torch.where(allowed, torch.exp(s - torch.where(torch.isinf(lse_c), 0.0, lse_c)), 0.0)
+            e = torch.exp(s - mrow[..., r0:r1, None])
+            p = torch.where(allowed, e * linv[..., r0:r1, None], 0.0)
             dv[..., k0:k1, :] += torch.matmul(p.transpose(-1, -2), doc)
             dp = torch.matmul(doc, vc.transpose(-1, -2))
-            ds = p * (dp - delta[..., r0:r1, None])
+            # delta = sum_j p dp from the same p and dp (as softmax's backward), not rowsum(dO * O): it
+            # cancels in dp - delta when one key dominates, so its rounding must match dp's
+            delta = (p * dp).sum(-1, keepdim=True) - dlse_g[..., r0:r1, None]
+            ds = p * (dp - delta)
             dq[..., r0:r1, :] += torch.matmul(ds, kc) * scale
             dk[..., k0:k1, :] += torch.matmul(ds.transpose(-1, -2), qc) * scale
         dq = dq.reshape(B, Hq, Lq, D).to(q.dtype)

@@ -262,11 +262,12 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 
 
 @triton.jit
-def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM, WIN,
+def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, window, LQ_BUCKET,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
-                   UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                   UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -316,14 +317,19 @@ def mma_fwd_kernel(Q, K, V, O, LSE, META, PADCUM, WIN,
     tl.store(o_base + tl.arange(0, BLOCK_M)[:, None] * som + offs_d[None, :], _cast(out, O.dtype.element_ty, UPCAST), mask=tile_ok)
     lse = tl.where(row_valid, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
     tl.store(LSE + pid_bh.to(tl.int64) * Lq + rows, lse, mask=row_ok)
+    if SPLIT_STATS:  # the backward recomputes p = exp2(s - m) / l as softmax does, not exp2(s - lse)
+        tl.store(MROW + pid_bh.to(tl.int64) * Lq + rows, tl.where(row_valid, m_i, float("inf")), mask=row_ok)
+        tl.store(LINV + pid_bh.to(tl.int64) * Lq + rows, tl.where(row_valid, 1.0 / l_safe, 0.0), mask=row_ok)
 
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
-def _dq_tile(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, start, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr):
+    """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
@@ -334,51 +340,71 @@ def _dq_tile(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
     k = tl.load(k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
     v = tl.load(v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
-    p = tl.math.exp2(qk - lse2[:, None])
+    if SPLIT_STATS:  # lse2 holds the row max; linv 1/l (0 on rows whose ds is exactly 0)
+        p = tl.math.exp2(qk - lse2[:, None]) * linv[:, None]
+    else:
+        p = tl.math.exp2(qk - lse2[:, None])
     if MASKED:
         ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                       q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
                       k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
         p = tl.where(ok, p, 0.0)
     dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
-    ds = p * (dp - delta[:, None])
-    return _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
+    if DELTA_PASS:
+        dsum += tl.sum(p * dp, 1)
+    else:
+        ds = p * (dp - delta[:, None])
+        dq = _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
+    return dq, dsum
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
+def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr):
     for n in range(n_lo, n_hi):
-        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                      q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                      BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
-    return dq
+        dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+    return dq, dsum
 
 
 @triton.jit
-def _dq_look_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
-                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
-                   UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """The look-ahead tiles [a_lo, n_hi), hopping as `_fwd_look_tiles` does."""
+def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr):
+    """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
+    look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
-        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                      q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                      BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+        dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
-    return dq
+    return dq, dsum
 
 
 @triton.jit
-def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM, WIN,
+def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
-                      smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, LQ_BUCKET,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
-                      UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                      smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
+                      LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
     """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -409,31 +435,39 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, META, PADCUM, WIN,
                  mask=q_ok, other=0.0)
     lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=float("inf"))
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
+    linv = tl.zeros([BLOCK_M], tl.float32)
+    if SPLIT_STATS:
+        linv = tl.load(LINV + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
+        # a row that sees one key (l == 1) has ds = 0 exactly: say so rather than leave rounding noise
+        linv = tl.where((linv == 1.0) & (zero_single != 0), 0.0, linv)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
-    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
-                   BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
-    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
-                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
-    dq = _dq_look_tiles(dq, q, do, lse2, delta, k_base, v_base, skn, svn, meta_b, smf,
-                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
-                        BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+    dsum = tl.zeros([BLOCK_M], tl.float32)
+    if EXACT_DELTA:
+        # fp32: delta = rowsum(P * dP) from this kernel's own P and dP, as softmax's backward computes it,
+        # not rowsum(dO * O): when one key dominates dP - delta cancels, and only matching roundings
+        # keep that within plain PyTorch's error. One extra pass (QK^T and dO V^T) over the row's keys.
+        dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                            qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                            True)
+        delta = delta + dsum  # DELTA came in holding -dlse (or 0)
+        tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
+    dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                        qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                        False)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, meta_b, smf,
-                k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, m_hi, Lq, Lk, D, qk_scale, window,
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, sqm, sdm, meta_b, smf,
+                k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     off = Lk - Lq
     for m in range(m_lo, m_hi):
@@ -450,7 +484,11 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
         lse2 = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         qkT = _mm(k, tl.trans(q), None, DOT_PREC, UPCAST) * qk_scale  # [BLOCK_N, BLOCK_M]
-        pT = tl.math.exp2(qkT - lse2[None, :])
+        if SPLIT_STATS:  # lse2 holds the row max: p = exp2(s - m) / l
+            linv = tl.load(linv_base + rows, mask=row_ok, other=0.0)
+            pT = tl.math.exp2(qkT - lse2[None, :]) * linv[None, :]
+        else:
+            pT = tl.math.exp2(qkT - lse2[None, :])
         if MASKED:
             ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
                           q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
@@ -458,17 +496,22 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdm, m
             pT = tl.where(ok, pT, 0.0)
         dv = _mm(_cast(pT, do.dtype, UPCAST), do, dv, DOT_PREC, UPCAST)
         dpT = _mm(v, tl.trans(do), None, DOT_PREC, UPCAST)
-        dsT = pT * (dpT - delta[None, :])
+        if SPLIT_STATS:  # rows that see one key (l == 1): ds is exactly 0
+            keep = tl.where((linv == 1.0) & (zero_single != 0), 0.0, 1.0)
+            dsT = (pT * keep[None, :]) * (dpT - delta[None, :])
+        else:
+            dsT = pT * (dpT - delta[None, :])
         dk = _mm(_cast(dsT, q.dtype, UPCAST), q, dk, DOT_PREC, UPCAST)
     return dk, dv
 
 
 @triton.jit
-def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM, WIN,
+def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WIN,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
-                        smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, LQ_BUCKET,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
-                        UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                        smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
+                        LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                        DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
+                        HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -499,15 +542,18 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, DELTA, META, PADCUM, WIN,
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * Hq + h).to(tl.int64) * Lq
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, f_lo, Lq, Lk, D, qk_scale, window,
-                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, k_grp, f_lo, f_hi, Lq, Lk, D, qk_scale, window,
-                             BLOCK_M, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, DELTA + row_base, sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, k_grp, f_hi, m_hi, Lq, Lk, D, qk_scale, window,
-                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
+                             sqm, sdm, meta_b, smf,
+                             k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single,
+                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
+                             sqm, sdm, meta_b, smf,
+                             k_pos, k_doc, k_seg, k_mod, k_grp, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                             BLOCK_M, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
+                             sqm, sdm, meta_b, smf,
+                             k_pos, k_doc, k_seg, k_mod, k_grp, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tl.store(DK + out_base + ptrs, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=tile_ok)

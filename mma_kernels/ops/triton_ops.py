@@ -53,6 +53,13 @@ def _fix_interpreter_index() -> bool:
     return True
 
 
+# How the backward's delta = rowsum(P * dP) is obtained for fp16/bf16 inputs (fp32 always uses "exact"):
+#   "out"      rowsum(dO * O) from the stored (rounded) output, as FlashAttention-2 (default);
+#   "fp32_out" rowsum(dO * O) from the unrounded fp32 output (the forward keeps an fp32 copy of O);
+#   "exact"    rowsum(P * dP) from the dQ kernel's own P and dP (one extra QK^T, dO V^T pass in dQ).
+# benchmarks/precision.py measures all three (docs/kernel.md, "Precision").
+HALF_DELTA = "out"
+
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 
@@ -111,7 +118,9 @@ def _common(q, k, mask, win):
     meta = dict(BLOCK_D=max(16, triton.next_power_of_2(D)),
                 DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 UPCAST=interpreting() and q.dtype == torch.bfloat16,
-                HAS_GROUPS=mask.meta.shape[1] > NUM_FIELDS, HAS_WINDOW=win is not None)
+                HAS_GROUPS=mask.meta.shape[1] > NUM_FIELDS, HAS_WINDOW=win is not None,
+                SPLIT_STATS=q.dtype == torch.float32,
+                EXACT_DELTA=q.dtype == torch.float32 or HALF_DELTA == "exact")
     return B, Hq, Hkv, Lq, Lk, D, meta
 
 
@@ -125,24 +134,39 @@ def _mask_args(mask, win):
 def triton_forward(q, k, v, mask, scale, win=None, window=None):
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
-    o = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
+    keep32 = q.dtype != torch.float32 and HALF_DELTA == "fp32_out"
+    o = torch.empty((B, Hq, Lq, D), dtype=torch.float32 if keep32 else q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    # fp32: row max (base 2) and 1/sum beside the lse, for a backward p = exp2(s - m) / l
+    stats = torch.empty((2, B, Hq, Lq), dtype=torch.float32, device=q.device) if meta["SPLIT_STATS"] else None
+    mrow, linv = (stats[0], stats[1]) if stats is not None else (lse, lse)
     mptrs, mstrides = _mask_args(mask, win)
-    args = (q, k, v, o, lse, *mptrs,
+    args = (q, k, v, o, lse, mrow, linv, *mptrs,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), *mstrides,
             Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, window or 0, int(math.log2(Lq)))
     _launch("fwd", Lq, B * Hq, args, **meta)
-    return o, lse
+    if keep32:  # the stats slot carries the fp32 output for the backward's delta
+        return o.to(q.dtype), lse, o
+    return o, lse, stats
 
 
-def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None):
+def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None, stats=None):
     q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
-    delta = (do.float() * o.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
-    lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse * LOG2E).contiguous()
+    if meta["EXACT_DELTA"]:  # the dQ kernel adds rowsum(P * dP) (its own P, dP) to -dlse
+        delta = -dlse.float() if dlse is not None else torch.zeros_like(lse)
+    else:
+        if stats is not None and stats.shape == o.shape:  # HALF_DELTA == "fp32_out": the unrounded output
+            o, stats = stats, None
+        delta = (do.float() * o.float()).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.float()
+    if stats is not None:  # fp32: row max (+inf on padding rows) and 1/sum
+        lse2, linv = stats[0], stats[1]
+    else:
+        lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse * LOG2E).contiguous()
+        linv = lse2  # not read
     delta = delta.contiguous()
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
@@ -152,10 +176,12 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), *mstrides)
     bucket = int(math.log2(Lq))
     w = window or 0
-    _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, delta, *mptrs, *strides,
-                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, bucket), **meta)
-    _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, delta, *mptrs, *strides,
-                                  Hq, Hkv, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, bucket), **meta)
+    zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
+    _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
+                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta)
+    _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides,
+                                  Hq, Hkv, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket),
+            **meta)
     return dq, dk, dv
 
 
@@ -165,19 +191,20 @@ class TritonMMAttention(torch.autograd.Function):
         if q.numel() == 0:  # empty batch or no heads: nothing to launch
             o = torch.zeros_like(q)
             lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+            stats = None
         else:
-            o, lse = triton_forward(q, k, v, mask, scale, win, window)
-        ctx.save_for_backward(q, k, v, o, lse, win)
+            o, lse, stats = triton_forward(q, k, v, mask, scale, win, window)
+        ctx.save_for_backward(q, k, v, o, lse, win, stats)
         ctx.mask, ctx.scale, ctx.window = mask, scale, window
         return o, lse
 
     @staticmethod
     def backward(ctx, do, dlse):
         check_no_double_backward("triton")
-        q, k, v, o, lse, win = ctx.saved_tensors
+        q, k, v, o, lse, win, stats = ctx.saved_tensors
         if q.numel() == 0:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None
         if do is None:
             do = torch.zeros_like(o)
-        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale, win, ctx.window)
+        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale, win, ctx.window, stats)
         return dq, dk, dv, None, None, None, None
