@@ -40,6 +40,15 @@ def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(ptrs, offs_d, D, EVEN_D: tl.constexpr):
+    """A [rows, BLOCK_D] tile whose rows are all in range: no mask at all when D == BLOCK_D."""
+    if EVEN_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
 def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k_mod, k_grp, window,
              HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """The contract's rule on broadcastable operands (either [M,1]x[1,N] or [1,M]x[N,1]).
@@ -207,27 +216,37 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, start, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
         k_pos = start + offs_n
         k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-        kv_ok = kv_ok & (k_doc >= 0)[:, None]
-    k = tl.load(k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
-    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
+        kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
+        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
+    else:  # a plain tile lies inside [0, Lk) (see `_key_block_ranges`): only the head dim can need a mask
+        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST)
+    # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
     if MASKED:
         ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                       q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
                       k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
         qk = tl.where(ok, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:  # every score of a plain tile is finite (padding and out-of-range rows load q = 0): so is m_new
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_use = m_new
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+    else:
+        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
     acc = acc * alpha[:, None]
     acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
     return acc, l_i, m_new
@@ -237,11 +256,11 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     return acc, l_i, m_i
 
 
@@ -249,14 +268,14 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
-                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
     """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 
@@ -267,7 +286,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, window, LQ_BUCKET,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
+                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -299,16 +318,16 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
-                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -328,17 +347,21 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, start, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr):
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
     """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
+    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys load as 0
         k_pos = start + offs_n
         k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-        kv_ok = kv_ok & (k_doc >= 0)[:, None]
-    k = tl.load(k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
-    v = tl.load(v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
+        kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
+        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+    else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
+        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
     if SPLIT_STATS:  # lse2 holds the row max; linv 1/l (0 on rows whose ds is exactly 0)
         p = tl.math.exp2(qk - lse2[:, None]) * linv[:, None]
@@ -363,11 +386,11 @@ def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta
               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr):
+              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     return dq, dsum
 
 
@@ -376,24 +399,24 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr):
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
     """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
     look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS)
+                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return dq, dsum
 
@@ -404,7 +427,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
                       LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
+                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False):
     """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -452,13 +475,13 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                            True)
+                            True, EVEN_D)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                        False)
+                        False, EVEN_D)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)
 
@@ -511,7 +534,8 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                         smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
                         LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
-                        HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
+                        HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
+                        EVEN_D: tl.constexpr = False):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
