@@ -76,7 +76,10 @@ def lookahead_split(mask: MMAMask, Lq: int, BM: int, BN: int, ranges) -> Tuple[t
     c_hi = torch.maximum(torch.minimum(last // BN + 1, n_hi), n_lo)
     a_lo = torch.where(la < Lk, torch.maximum(la, last + 1) // BN, n_hi)
     a_lo = torch.minimum(torch.maximum(a_lo, c_hi), n_hi)
-    return n_lo, torch.minimum(f_lo, c_hi), torch.minimum(f_hi, c_hi), c_hi, a_lo, n_hi
+    d_lo = torch.minimum(torch.maximum((torch.arange(nqb) * BM + off + 1) // BN, n_lo), c_hi)
+    full = f_lo < f_hi
+    f_lo, f_hi = torch.where(full, torch.minimum(f_lo, c_hi), d_lo), torch.where(full, torch.minimum(f_hi, c_hi), d_lo)
+    return n_lo, f_lo, f_hi, c_hi, a_lo, n_hi
 
 
 def look_tiles(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:

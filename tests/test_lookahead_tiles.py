@@ -14,14 +14,15 @@ from benchmarks.layouts import LAYOUTS as BENCH_LAYOUTS
 from benchmarks.layouts import make_layout as bench_layout
 from helpers import random_layout
 from mma_kernels import MMAMask
-from mma_kernels.ops.triton_kernels import (_key_block_ranges, _load_query_fields, _look_bits, _lookahead_split,
-                                            _next_look_block)
+from mma_kernels.ops.triton_kernels import (_allowed_before, _key_block_ranges, _load_query_fields, _look_bits,
+                                            _lookahead_split, _next_look_block)
 
 
 @triton.jit
-def _visits_kernel(META, PADCUM, OUT, smb, smf, spb, Lq, Lk, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    HAS_GROUPS: tl.constexpr):
-    """OUT[b, m, n] = 1 for a masked visit of key block n by row block m, 2 for a plain one (added up)."""
+    """OUT[b, m, n] = 1 for a masked visit of key block n by row block m, 2 for a plain one (added up);
+    RULE [B, Lq, NKB * BLOCK_N] holds `_allowed_before` on the tiles of the first masked loop (else 2)."""
     m = tl.program_id(0)
     b = tl.program_id(1)
     meta_b = META + b * smb
@@ -31,8 +32,14 @@ def _visits_kernel(META, PADCUM, OUT, smb, smf, spb, Lq, Lk, NKB, BLOCK_M: tl.co
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, m * BLOCK_M, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
                                               BLOCK_M, BLOCK_N)
     out = OUT + (b * tl.num_programs(0) + m) * NKB
+    q_lo = tl.load(meta_b + 4 * smf + rows + Lk - Lq, mask=rows < Lq, other=Lk)
     for n in range(n_lo, f_lo):
         tl.store(out + n, tl.load(out + n) + 1)
+        k_pos = n * BLOCK_N + tl.arange(0, BLOCK_N)
+        k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        ok = _allowed_before(k_pos, k_doc, q_lo)
+        tl.store(RULE + (b * Lq + rows[:, None]) * (NKB * BLOCK_N) + k_pos[None, :], ok.to(tl.int8),
+                 mask=(rows < Lq)[:, None])
     for n in range(f_lo, f_hi):
         tl.store(out + n, tl.load(out + n) + 2)
     for n in range(f_hi, c_hi):
@@ -48,15 +55,17 @@ def visits(mask, Lq, BM, BN):
     B, Lk = mask.batch_size, mask.seq_len
     nqb, nkb = triton.cdiv(Lq, BM), triton.cdiv(Lk, BN)
     out = torch.zeros(B, nqb, nkb, dtype=torch.int32)
-    _visits_kernel[(nqb, B)](mask.meta, mask.padcum, out, mask.meta.stride(0), mask.meta.stride(1),
+    rule = torch.full((B, Lq, nkb * BN), 2, dtype=torch.int8)
+    _visits_kernel[(nqb, B)](mask.meta, mask.padcum, out, rule, mask.meta.stride(0), mask.meta.stride(1),
                              mask.padcum.stride(0), Lq, Lk, nkb, BLOCK_M=BM, BLOCK_N=BN, HAS_GROUPS=mask.has_groups)
-    return out
+    return out, rule[:, :, :Lk]
 
 
 def check(mask, Lq, BM, BN):
-    """Each tile visited at most once; every tile with work visited; plain tiles fully allowed; the
-    replica's counts equal the kernel helpers'. Returns (visited, tiles with work)."""
-    out = visits(mask, Lq, BM, BN)
+    """Each tile visited at most once; every tile with work visited; plain tiles fully allowed; the cheap
+    rule of the first masked loop exact; the replica's counts equal the kernel helpers'. Returns
+    (visited, tiles with work)."""
+    out, rule = visits(mask, Lq, BM, BN)
     assert int(out.max()) <= 2, "a tile visited twice"
     work = tiles.tiles_with_work(mask, Lq, BM, BN) if not mask.has_groups else None
     dense = mask.to_dense(Lq)
@@ -69,6 +78,9 @@ def check(mask, Lq, BM, BN):
     if work is not None:
         assert torch.equal(work, has_work)
     assert not (has_work & (out == 0)).any(), "a tile holding allowed pairs is skipped"
+    # the first masked loop's cheap rule (keys at or before every row) equals the contract's rule there
+    seen = rule != 2
+    assert torch.equal(rule[seen].bool(), dense[seen]), "_allowed_before differs from the rule"
     row_valid = torch.zeros(B, nqb * BM, dtype=torch.bool)
     row_valid[:, :Lq] = mask.meta[:, 0, Lk - Lq:] >= 0
     for b, m, n in (out == 2).nonzero().tolist():

@@ -65,6 +65,13 @@ def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k
 
 
 @triton.jit
+def _allowed_before(k_pos, k_doc, q_lo):
+    """The rule for keys at or before every row of the tile (no window): a non-padding key at or after
+    the row's document start (KV_LO; BIG for padding rows). One compare per pair."""
+    return tl.where(k_doc >= 0, k_pos, -1)[None, :] >= q_lo[:, None]
+
+
+@triton.jit
 def _load_query_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
     doc = tl.load(meta_b + 0 * smf + pos, mask=ok, other=-2)
     doc = tl.where(doc < 0, -2, doc)
@@ -134,7 +141,8 @@ def _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
 
     Keys after the block's last row are only ever seen by look-ahead, and no row sees one before its
     first look-ahead key (LA_LO), so key blocks [c_hi, a_lo) hold no allowed pair. Returns the four
-    loop bounds: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), masked [a_lo, n_hi).
+    loop bounds: masked [n_lo, f_lo) (keys at or before every row), plain [f_lo, f_hi), masked
+    [f_hi, c_hi), masked [a_lo, n_hi).
     """
     off = Lk - Lq
     rows = row_start + tl.arange(0, BLOCK_M)
@@ -143,7 +151,13 @@ def _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
     c_hi = tl.maximum(tl.minimum(last // BLOCK_N + 1, n_hi), n_lo)
     a_lo = tl.where(la < Lk, tl.maximum(la, last + 1) // BLOCK_N, n_hi)
     a_lo = tl.minimum(tl.maximum(a_lo, c_hi), n_hi)
-    return tl.minimum(f_lo, c_hi), tl.minimum(f_hi, c_hi), c_hi, a_lo
+    # keys of blocks before d_lo are at or before every row of the block: the masked tiles there need
+    # only the document bound (`_allowed_before`); without fully allowed tiles, [n_lo, d_lo) is masked
+    d_lo = tl.minimum(tl.maximum((row_start + off + 1) // BLOCK_N, n_lo), c_hi)
+    full = f_lo < f_hi
+    f_lo = tl.where(full, tl.minimum(f_lo, c_hi), d_lo)
+    f_hi = tl.where(full, tl.minimum(f_hi, c_hi), d_lo)
+    return f_lo, f_hi, c_hi, a_lo
 
 
 @triton.jit
@@ -214,16 +228,20 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 # ----------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, start, Lk, D, qk_scale, window,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, start, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
         k_pos = start + offs_n
-        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        if BEFORE:
+            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        else:
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
         kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
         k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
     else:  # a plain tile lies inside [0, Lk) (see `_key_block_ranges`): only the head dim can need a mask
@@ -231,9 +249,12 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST)
     # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
     if MASKED:
-        ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
-                      q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
-                      k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
+        if BEFORE:
+            ok = _allowed_before(k_pos, k_doc, q_lo)
+        else:
+            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
+                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
+                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
         qk = tl.where(ok, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -254,19 +275,20 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
+               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, n_hi, Lk, D, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
+               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
+                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, a_lo, n_hi, Lk, D, qk_scale, window,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                     UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
     """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
@@ -274,7 +296,7 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
@@ -302,6 +324,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)  # KV_LO: the row's document start
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
@@ -317,16 +340,16 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_lo, f_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_hi, c_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, a_lo, n_hi, Lk, D, qk_scale, window,
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, a_lo, n_hi, Lk, D, qk_scale, window,
                                     BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
 
     row_valid = q_doc >= 0
@@ -344,10 +367,11 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
 # ----------------------------------------------------------------------------- backward
 @triton.jit
 def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, start, Lk, D, qk_scale, window,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, start, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
     """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -355,7 +379,10 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys load as 0
         k_pos = start + offs_n
-        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        if BEFORE:
+            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        else:
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
         kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
         k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
         v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
@@ -368,9 +395,12 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     else:
         p = tl.math.exp2(qk - lse2[:, None])
     if MASKED:
-        ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
-                      q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
-                      k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
+        if BEFORE:
+            ok = _allowed_before(k_pos, k_doc, q_lo)
+        else:
+            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
+                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
+                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
         p = tl.where(ok, p, 0.0)
     dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
     if DELTA_PASS:
@@ -383,39 +413,40 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
 
 @triton.jit
 def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, n_hi, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
+              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
-                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE)
     return dq, dsum
 
 
 @triton.jit
 def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
     """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
     look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_lo, f_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, c_hi, Lk, D, qk_scale, window,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_hi, c_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n * BLOCK_N, Lk, D, qk_scale, window,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return dq, dsum
@@ -444,6 +475,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)  # KV_LO: the row's document start
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
@@ -473,13 +505,13 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         # not rowsum(dO * O): when one key dominates dP - delta cancels, and only matching roundings
         # keep that within plain PyTorch's error. One extra pass (QK^T and dO V^T) over the row's keys.
         dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                             True, EVEN_D)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                         False, EVEN_D)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
