@@ -88,10 +88,12 @@ def _prune(configs, named_args, **kwargs):
     return keep or configs[-1:]
 
 
-_KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW"]
+_KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EXACT_DELTA"]
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
-    "dq": triton.autotune(_configs("dq"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dq_kernel),
+    # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
+    "dq": triton.autotune(_configs("dq"), key=_KEY, prune_configs_by={"early_config_prune": _prune},
+                          restore_value=["DELTA"])(tk.mma_bwd_dq_kernel),
     "dkdv": triton.autotune(_configs("dkdv"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
 }
 _raw = {"fwd": tk.mma_fwd_kernel, "dq": tk.mma_bwd_dq_kernel, "dkdv": tk.mma_bwd_dkdv_kernel}
