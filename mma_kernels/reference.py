@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .mask import MMAMask
+from .mask import DOC, MMAMask
 from .policy import policy_bits
 from .validation import SUPPORTED_DTYPES, check_attention_inputs, resolve_scale
 
@@ -24,7 +24,8 @@ def mma_attention_reference(
 ):
     """Same signature and results as `mma_attention`, in dense fp32 math (fp64 for fp64 inputs).
 
-    Differentiable through autograd. Padding query rows give output 0 and lse -inf.
+    Differentiable through autograd. Padding query rows give output 0 and lse -inf; whatever q/k/v
+    (or the output's gradient) hold at padding positions never reaches a result or gradient.
     """
     check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES + (torch.float64,), window=window)
     B, Hq, Lq, D = q.shape
@@ -32,14 +33,16 @@ def mma_attention_reference(
     scale = resolve_scale(scale, D)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     allowed = mask.to_dense(Lq, window)[:, None]  # [B, 1, Lq, Lk]
-    kf = k.to(cdt).repeat_interleave(Hq // Hkv, dim=1)
-    vf = v.to(cdt).repeat_interleave(Hq // Hkv, dim=1)
-    s = torch.matmul(q.to(cdt), kf.transpose(-1, -2)) * scale
+    key_ok = (mask.field(DOC) >= 0)[:, None, :, None]  # padding is inert: zeroed before use
+    q_ok = key_ok[:, :, mask.seq_len - Lq:]
+    kf = torch.where(key_ok, k.to(cdt), 0.0).repeat_interleave(Hq // Hkv, dim=1)
+    vf = torch.where(key_ok, v.to(cdt), 0.0).repeat_interleave(Hq // Hkv, dim=1)
+    s = torch.matmul(torch.where(q_ok, q.to(cdt), 0.0), kf.transpose(-1, -2)) * scale
     s = s.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     p = torch.exp(s - lse_safe[..., None])
-    out = torch.matmul(p, vf).to(q.dtype)
+    out = torch.where(q_ok, torch.matmul(p, vf), 0.0).to(q.dtype)
     return (out, lse.float() if cdt == torch.float32 else lse) if return_lse else out
 
 

@@ -15,7 +15,10 @@ BACKENDS = ["triton", "torch"]
 # ----------------------------------------------------------------------------- padding is inert
 def _run(backend, q, k, v, mask, do, dlse_w, window):
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out, lse = mma_attention(q, k, v, mask, return_lse=True, backend=backend, window=window)
+    if backend == "reference":
+        out, lse = mma_attention_reference(q, k, v, mask, return_lse=True, window=window)
+    else:
+        out, lse = mma_attention(q, k, v, mask, return_lse=True, backend=backend, window=window)
     loss = (out * do).sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * dlse_w).sum()
     return (out, lse, *torch.autograd.grad(loss, (q, k, v)))
 
@@ -39,7 +42,7 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
 @pytest.mark.parametrize("layout, dtype, Lq, window", [
     ("issue", torch.float32, 8, None), ("issue", torch.bfloat16, 5, 2),
     ("left_right_mid", torch.float16, 12, None), ("left_right_mid", torch.float32, 7, 3),
