@@ -7,8 +7,8 @@ FlexAttention's `create_block_mask` at the forward's 128x64 tile (one build per 
 most of a minute at 16K on CPU, and ~400 s at 128K, so it is not run there); plus mask build time, `MMAMask` against
 `create_block_mask`.
 
-The visit counts replicate the kernels' own range logic (`_key_block_ranges`, `_query_block_ranges` in
-`mma_kernels/ops/triton_kernels.py`) vectorised in torch; `tests/test_tiles_suite.py` checks the replica
+The visit counts replicate the kernels' own range logic (`_key_block_ranges`, `_lookahead_split`,
+`_next_look_block`, `_query_block_ranges` in `mma_kernels/ops/triton_kernels.py`) vectorised in torch; `tests/test_tiles_suite.py` checks the replica
 against the kernels' helpers run in the interpreter, and the minimum against the dense mask.
 The minimum is counted exactly with prefix sums, O(L / block) per tile row, never an L x L tensor.
 """
@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from mma_kernels.mask import DOC, KMOD, KV_HI, KV_LO, Q_HI, Q_LO, QBITS, SEG, MMAMask
+from mma_kernels.mask import DOC, GBITS, KMOD, KV_HI, KV_LO, LA_LO, MOD_NEXT, Q_HI, Q_LO, QBITS, SEG, MMAMask
 
 
 FLEX_SHAPE = (128, 64)  # the tile FlexAttention's BlockMask is built at (the forward's headline tile)
@@ -60,6 +60,60 @@ def query_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.T
     return n_lo, torch.where(full, f_lo, n_hi), torch.where(full, f_hi, n_hi), n_hi
 
 
+def lookahead_split(mask: MMAMask, Lq: int, BM: int, BN: int, ranges) -> Tuple[torch.Tensor, ...]:
+    """`_lookahead_split` on `query_side_ranges`: the forward's and dQ's four loop bounds
+    (n_lo, f_lo, f_hi, c_hi, a_lo, n_hi): masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi),
+    masked [a_lo, n_hi); key blocks [c_hi, a_lo) are skipped."""
+    n_lo, f_lo, f_hi, n_hi = ranges
+    meta = mask.meta.long()
+    Lk = meta.shape[-1]
+    off = Lk - Lq
+    nqb = _cdiv(Lq, BM)
+    rows = torch.arange(nqb * BM).view(nqb, BM)
+    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
+    la = torch.where(rows < Lq, meta[:, LA_LO, idx].view(-1, nqb, BM), Lk).amin(-1)
+    last = (torch.arange(nqb) * BM + BM).clamp(max=Lq) - 1 + off
+    c_hi = torch.maximum(torch.minimum(last // BN + 1, n_hi), n_lo)
+    a_lo = torch.where(la < Lk, torch.maximum(la, last + 1) // BN, n_hi)
+    a_lo = torch.minimum(torch.maximum(a_lo, c_hi), n_hi)
+    d_lo = torch.minimum(torch.maximum((torch.arange(nqb) * BM + off + 1) // BN, n_lo), c_hi)
+    full = f_lo < f_hi
+    f_lo, f_hi = torch.where(full, torch.minimum(f_lo, c_hi), d_lo), torch.where(full, torch.minimum(f_hi, c_hi), d_lo)
+    return n_lo, f_lo, f_hi, c_hi, a_lo, n_hi
+
+
+def look_tiles(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
+    """Tiles the look-ahead loop (`_fwd_look_tiles`, `_dq_look_tiles`) runs per query row block, int64 [B, nqb]:
+    from a_lo to n_hi, hopping with `_next_look_block` over runs of modalities no row of the block looks at."""
+    _, _, _, _, a_lo, n_hi = split
+    meta = mask.meta.long()
+    Lk = meta.shape[-1]
+    off = Lk - Lq
+    nqb = _cdiv(Lq, BM)
+    rows = torch.arange(nqb * BM).view(nqb, BM)
+    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
+    bits = meta[:, QBITS, idx]
+    if mask.has_groups:
+        bits = bits | meta[:, GBITS, idx]
+    bits = torch.where(rows < Lq, bits.view(-1, nqb, BM), 0)
+    k = torch.arange(31)
+    bits = ((((bits[..., None] >> k) & 1).amax(-2)) << k).sum(-1)  # OR over the block's rows
+
+    def nxt(n):
+        p = (torch.minimum(n, n_hi - 1).clamp(min=0) * BN)
+        mod, run_next = meta[:, KMOD].gather(1, p), meta[:, MOD_NEXT].gather(1, p)
+        seen = ((bits >> mod) & 1) != 0
+        return torch.where((n >= n_hi) | seen, n, run_next // BN)
+
+    n = nxt(a_lo)
+    count = torch.zeros_like(n)
+    while bool((n < n_hi).any()):
+        live = n < n_hi
+        count += live.long()
+        n = torch.where(live, nxt(n + 1), n)
+    return count
+
+
 def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Tensor, ...]:
     """`_query_block_ranges` for every key block: (m_lo, f_lo, f_hi, m_hi), each int64 [B, nkb]."""
     meta, padcum = mask.meta.long(), mask.padcum.long()
@@ -94,10 +148,12 @@ def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Ten
     return m_lo, f_lo, torch.maximum(f_hi, f_lo), m_hi
 
 
-def loop_tiles(lo, f_lo, f_hi, hi) -> Tuple[int, int]:
-    """(masked, plain) tiles of the kernels' three loops: masked [lo, f_lo), plain [f_lo, f_hi), masked [f_hi, hi)."""
+def loop_tiles(lo, f_lo, f_hi, hi, look=None) -> Tuple[int, int]:
+    """(masked, plain) tiles of the kernels' loops: masked [lo, f_lo), plain [f_lo, f_hi), masked [f_hi, hi),
+    plus `look` masked tiles per block (the forward's and dQ's look-ahead loop, `look_tiles`)."""
     n = lambda a, b: (b - a).clamp(min=0).sum()  # noqa: E731  (a Python range(a, b) runs max(0, b - a) times)
-    return int(n(lo, f_lo) + n(f_hi, hi)), int(n(f_lo, f_hi))
+    extra = int(look.sum()) if look is not None else 0
+    return int(n(lo, f_lo) + n(f_hi, hi)) + extra, int(n(f_lo, f_hi))
 
 
 def tiles_with_work(mask: MMAMask, Lq: int, BM: int, BN: int) -> torch.Tensor:
@@ -199,8 +255,11 @@ def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
         for BM, BN in shapes:
             if (BM, BN) not in minimum:
                 minimum[(BM, BN)] = int(tiles_with_work(mask, seqlen, BM, BN).sum())
-            ranges = (query_side_ranges if kind != "dkdv" else key_side_ranges)(mask, seqlen, BM, BN)
-            masked, plain = loop_tiles(*ranges)
+            if kind == "dkdv":
+                masked, plain = loop_tiles(*key_side_ranges(mask, seqlen, BM, BN))
+            else:
+                split = lookahead_split(mask, seqlen, BM, BN, query_side_ranges(mask, seqlen, BM, BN))
+                masked, plain = loop_tiles(*split[:4], look_tiles(mask, seqlen, BM, BN, split))
             mn = minimum[(BM, BN)]
             rec = dict(layout=layout.name, seqlen=seqlen, batch=B, kernel=kind, block_m=BM, block_n=BN,
                        visited=masked + plain, plain=plain, masked=masked, minimum=mn,

@@ -17,6 +17,11 @@ KV_HI      as query: last key it may see (own position, or the last key of its
 Q_LO       as key: first query that may see it (own position, or the first
            query of its segment/group allowed to look at its modality); BIG if pad
 Q_HI       as key: last query that may see it (its document's end); -1 if pad
+LA_LO      as query: first key after itself it may look ahead at (the first later key
+           of its segment/group of a modality it may look at); BIG if none or pad
+MOD_NEXT   as key: first position after its run of equal modality ids (padding is a
+           run too); Lk at the end (lets the kernels hop over tiles of a modality
+           that no query of the block looks ahead at)
 GRP        group run index, unique over the row, -1 for padding (groups only)
 GBITS      group-policy bitmask of the token as a query (groups only)
 =========  ==================================================================
@@ -38,8 +43,8 @@ import torch
 from .policy import PolicyLike, describe, normalize_policy, policy_bits
 from .validation import check_ids, check_window
 
-DOC, SEG, KMOD, QBITS, KV_LO, KV_HI, Q_LO, Q_HI, GRP, GBITS = range(10)
-NUM_FIELDS = 8  # without groups; 10 with groups
+DOC, SEG, KMOD, QBITS, KV_LO, KV_HI, Q_LO, Q_HI, LA_LO, MOD_NEXT, GRP, GBITS = range(12)
+NUM_FIELDS = 10  # without groups; 12 with groups
 WIN_KV_LO, WIN_Q_HI = 0, 1  # rows of `window_fields`
 
 
@@ -60,12 +65,23 @@ def _per_run(run: torch.Tensor, values: torch.Tensor, reduce: str, init: int) ->
     return out.gather(1, run.clamp(min=0))
 
 
+def _run_next(ids: torch.Tensor) -> torch.Tensor:
+    """Per position, the first later position whose id differs (L if none): the end of its run + 1."""
+    B, L = ids.shape
+    pos = torch.arange(L, device=ids.device).expand(B, L)
+    change = torch.cat([ids[:, 1:] != ids[:, :-1], torch.ones_like(ids[:, :1], dtype=torch.bool)], dim=1)
+    return torch.where(change, pos + 1, L).flip(1).cummin(dim=1).values.flip(1)
+
+
 def _look_bounds(run, qbits, mod, valid, pos, big, mods):
     """Bounds of one mutual level (segments under the policy, or groups under the group policy).
 
     Returns, per token: as a query, the first and last key of its run of a modality it may look at
-    (BIG / -1 if none); as a key, the first and last query of its run that may look at its modality.
+    (BIG / -1 if none) and the first such key after itself (BIG if none); as a key, the first and last
+    query of its run that may look at its modality.
     """
+    run_end = _per_run(run, torch.where(valid, pos, -1), "amax", -1)
+    q_next = torch.full_like(pos, big)
     q_first = torch.full_like(pos, big)
     q_last = torch.full_like(pos, -1)
     k_first = torch.full_like(pos, big)
@@ -79,11 +95,15 @@ def _look_bounds(run, qbits, mod, valid, pos, big, mods):
         last_k = _per_run(run, torch.where(is_k, pos, -1), "amax", -1)
         q_first = torch.where(sees_k, torch.minimum(q_first, first_k), q_first)
         q_last = torch.where(sees_k, torch.maximum(q_last, last_k), q_last)
+        # next key of modality k strictly after the token (suffix minimum), if still in its run
+        nxt = torch.where(is_k, pos, big).flip(1).cummin(dim=1).values.flip(1)
+        nxt = torch.cat([nxt[:, 1:], torch.full_like(nxt[:, :1], big)], dim=1)
+        q_next = torch.where(sees_k & (nxt <= run_end), torch.minimum(q_next, nxt), q_next)
         first_q = _per_run(run, torch.where(sees_k, vpos_lo, big), "amin", big)
         last_q = _per_run(run, torch.where(sees_k, vpos_hi, -1), "amax", -1)
         k_first = torch.where(is_k, torch.minimum(k_first, first_q), k_first)
         k_last = torch.where(is_k, torch.maximum(k_last, last_q), k_last)
-    return q_first, q_last, k_first, k_last
+    return q_first, q_last, k_first, k_last, q_next
 
 
 class MMAMask:
@@ -172,13 +192,15 @@ class MMAMask:
         q_last = torch.full_like(pos, -1)
         k_first = torch.full_like(pos, big)
         k_last = torch.full_like(pos, -1)
+        la_lo = torch.full_like(pos, big)
         has_seg = bool((qbits != 0).any())
         has_grp = gbits is not None and bool((gbits != 0).any())
         if has_seg or has_grp:
             mods = torch.unique(mod[valid]).tolist()
             levels = ([(seg_run, qbits)] if has_seg else []) + ([(grp_run, gbits)] if has_grp else [])
             for run, lbits in levels:
-                a, b, c, d = _look_bounds(run, lbits, mod, valid, pos, big, mods)
+                a, b, c, d, e = _look_bounds(run, lbits, mod, valid, pos, big, mods)
+                la_lo = torch.minimum(la_lo, e)
                 q_first, q_last = torch.minimum(q_first, a), torch.maximum(q_last, b)
                 k_first, k_last = torch.minimum(k_first, c), torch.maximum(k_last, d)
 
@@ -191,6 +213,8 @@ class MMAMask:
             torch.where(valid, torch.maximum(pos, q_last), -1),
             torch.where(valid, torch.minimum(pos, k_first), big),
             torch.where(valid, doc_hi, -1),
+            torch.where(valid, la_lo, big),
+            _run_next(mod),
         ]
         if has_grp:  # groups that add nothing (no pair in group_policy) keep the plain kernels
             fields += [torch.where(valid, grp_run, -1), gbits]

@@ -6,6 +6,7 @@ import torch
 
 from helpers import LAYOUTS, make_layout, random_layout, rule_dense
 from mma_kernels import MMAMask, mma_attention
+from mma_kernels.mask import NUM_FIELDS
 from mma_kernels.reference import mma_attention_reference
 
 SMALL_EXAMPLE = """
@@ -193,7 +194,7 @@ def test_metadata_is_linear_in_length():
     mod = torch.zeros(2, 4096, dtype=torch.long)
     mask = MMAMask(mod, torch.zeros_like(mod))
     numel = mask.meta.numel() + mask.padcum.numel()
-    assert numel <= 9 * 2 * (4096 + 1)
+    assert numel <= (NUM_FIELDS + 1) * 2 * (4096 + 1)  # NUM_FIELDS int32 per token, plus padcum
 
 
 def test_mask_reused_across_calls_and_heads():

@@ -3,11 +3,12 @@
 The mask is computed inside each tile from the per-token fields of `MMAMask.meta`
 (see `mma_kernels/mask.py`). Every program first reduces its rows' (or keys')
 ranges to a block range to visit and a sub-range of fully allowed tiles; the loop
-is split in three: masked tiles, tiles with no mask arithmetic, masked tiles.
+is split in three: masked tiles, tiles with no mask arithmetic, masked tiles; fwd and dQ add a fourth,
+the look-ahead tiles past the gap of `_lookahead_split`.
 Scores are kept in base 2: ``qk_scale = scale * log2(e)``.
 
 Field rows of META (per batch row, stride ``smf`` between fields):
-0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI, and with groups 8 GRP, 9 GBITS.
+0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI, 8 LA_LO, 9 MOD_NEXT, and with groups 10 GRP, 11 GBITS.
 WIN (only read when HAS_WINDOW) holds the per-window bounds of `MMAMask.window_fields`:
 0 KV_LO and 1 Q_HI under the window. HAS_GROUPS / HAS_WINDOW are constexpr: without groups or a
 window the kernels compile exactly to the plain MMA code.
@@ -39,6 +40,15 @@ def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(ptrs, offs_d, D, EVEN_D: tl.constexpr):
+    """A [rows, BLOCK_D] tile whose rows are all in range: no mask at all when D == BLOCK_D."""
+    if EVEN_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
 def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k_mod, k_grp, window,
              HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """The contract's rule on broadcastable operands (either [M,1]x[1,N] or [1,M]x[N,1]).
@@ -55,14 +65,21 @@ def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k
 
 
 @triton.jit
+def _allowed_before(k_pos, k_doc, q_lo):
+    """The rule for keys at or before every row of the tile (no window): a non-padding key at or after
+    the row's document start (KV_LO; BIG for padding rows). One compare per pair."""
+    return tl.where(k_doc >= 0, k_pos, -1)[None, :] >= q_lo[:, None]
+
+
+@triton.jit
 def _load_query_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
     doc = tl.load(meta_b + 0 * smf + pos, mask=ok, other=-2)
     doc = tl.where(doc < 0, -2, doc)
     seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
     bits = tl.load(meta_b + 3 * smf + pos, mask=ok, other=0)
     if HAS_GROUPS:
-        grp = tl.load(meta_b + 8 * smf + pos, mask=ok, other=-1)
-        gbits = tl.load(meta_b + 9 * smf + pos, mask=ok, other=0)
+        grp = tl.load(meta_b + 10 * smf + pos, mask=ok, other=-1)
+        gbits = tl.load(meta_b + 11 * smf + pos, mask=ok, other=0)
     else:  # unused
         grp = seg
         gbits = bits
@@ -75,7 +92,7 @@ def _load_key_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
     seg = tl.load(meta_b + 1 * smf + pos, mask=ok, other=-1)
     mod = tl.load(meta_b + 2 * smf + pos, mask=ok, other=0)
     if HAS_GROUPS:
-        grp = tl.load(meta_b + 8 * smf + pos, mask=ok, other=-1)
+        grp = tl.load(meta_b + 10 * smf + pos, mask=ok, other=-1)
     else:  # unused
         grp = seg
     return doc, seg, mod, grp
@@ -115,6 +132,58 @@ def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constex
     f_lo = tl.where(full, f_lo, n_hi)
     f_hi = tl.where(full, f_hi, n_hi)
     return n_lo, f_lo, f_hi, n_hi
+
+
+@triton.jit
+def _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split [n_lo, n_hi) of `_key_block_ranges` into its causal part and its look-ahead part.
+
+    Keys after the block's last row are only ever seen by look-ahead, and no row sees one before its
+    first look-ahead key (LA_LO), so key blocks [c_hi, a_lo) hold no allowed pair. Returns the four
+    loop bounds: masked [n_lo, f_lo) (keys at or before every row), plain [f_lo, f_hi), masked
+    [f_hi, c_hi), masked [a_lo, n_hi).
+    """
+    off = Lk - Lq
+    rows = row_start + tl.arange(0, BLOCK_M)
+    la = tl.min(tl.load(meta_b + 8 * smf + off + rows, mask=rows < Lq, other=Lk), 0)
+    last = tl.minimum(row_start + BLOCK_M, Lq) - 1 + off
+    c_hi = tl.maximum(tl.minimum(last // BLOCK_N + 1, n_hi), n_lo)
+    a_lo = tl.where(la < Lk, tl.maximum(la, last + 1) // BLOCK_N, n_hi)
+    a_lo = tl.minimum(tl.maximum(a_lo, c_hi), n_hi)
+    # keys of blocks before d_lo are at or before every row of the block: the masked tiles there need
+    # only the document bound (`_allowed_before`); without fully allowed tiles, [n_lo, d_lo) is masked
+    d_lo = tl.minimum(tl.maximum((row_start + off + 1) // BLOCK_N, n_lo), c_hi)
+    full = f_lo < f_hi
+    f_lo = tl.where(full, tl.minimum(f_lo, c_hi), d_lo)
+    f_hi = tl.where(full, tl.minimum(f_hi, c_hi), d_lo)
+    return f_lo, f_hi, c_hi, a_lo
+
+
+@triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def _look_bits(q_bits, q_gbits, HAS_GROUPS: tl.constexpr):
+    """Modalities any row of the block may look ahead at (bitmask; padding rows hold 0)."""
+    bits = q_bits
+    if HAS_GROUPS:
+        bits = bits | q_gbits
+    return tl.reduce(bits, 0, _bit_or)
+
+
+@triton.jit
+def _next_look_block(meta_b, smf, n, n_hi, bits, BLOCK_N: tl.constexpr):
+    """The next key block from `n` of the look-ahead loop: `n` itself when its first key is of a modality
+    in `bits`, else the block holding the end of that key's modality run (MOD_NEXT): blocks wholly inside
+    a run of a modality no row looks ahead at hold no look-ahead pair."""
+    p = tl.maximum(tl.minimum(n, n_hi - 1), 0) * BLOCK_N
+    mod = tl.load(meta_b + 2 * smf + p)
+    nxt = tl.load(meta_b + 9 * smf + p)
+    seen = ((bits >> mod) & 1) != 0
+    return tl.where((n >= n_hi) | seen, n, nxt // BLOCK_N)
 
 
 @triton.jit
@@ -158,35 +227,78 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 
 # ----------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, start, Lk, D, qk_scale, window,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
     offs_d = tl.arange(0, BLOCK_D)
-    for n in range(n_lo, n_hi):
-        start = n * BLOCK_N
-        offs_n = tl.arange(0, BLOCK_N)
-        kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
-        if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
-            k_pos = start + offs_n
+    offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
+    if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
+        k_pos = start + offs_n
+        if BEFORE:
+            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        else:
             k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-            kv_ok = kv_ok & (k_doc >= 0)[:, None]
-        k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
-        qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
-        if MASKED:
+        kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
+        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
+    else:  # a plain tile lies inside [0, Lk) (see `_key_block_ranges`): only the head dim can need a mask
+        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST)
+    # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
+    if MASKED:
+        if BEFORE:
+            ok = _allowed_before(k_pos, k_doc, q_lo)
+        else:
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
                           k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
-            qk = tl.where(ok, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
-        acc = acc * alpha[:, None]
-        acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
-        m_i = m_new
+        qk = tl.where(ok, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:  # every score of a plain tile is finite (padding and out-of-range rows load q = 0): so is m_new
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_use = m_new
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+    else:
+        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+    acc = acc * alpha[:, None]
+    acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, n_hi, Lk, D, qk_scale, window,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
+    for n in range(n_lo, n_hi):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, a_lo, n_hi, Lk, D, qk_scale, window,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
+    """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
+    while n < n_hi:
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+        n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 
 
@@ -196,7 +308,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, window, LQ_BUCKET,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
+                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -212,8 +324,10 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)  # KV_LO: the row's document start
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
 
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
@@ -226,14 +340,17 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_lo, f_hi, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, n_hi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW)
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_hi, c_hi, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+    acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, a_lo, n_hi, Lk, D, qk_scale, window,
+                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -249,39 +366,89 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
-def _dq_tiles(dq, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, n_hi, Lk, D, qk_scale, window,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, dsum):
-    """dq += dS @ K over key blocks [n_lo, n_hi); with DELTA_PASS, only dsum += rowsum(P * dP)."""
+def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, start, Lk, D, qk_scale, window,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
+    """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP)."""
     offs_d = tl.arange(0, BLOCK_D)
-    for n in range(n_lo, n_hi):
-        start = n * BLOCK_N
-        offs_n = tl.arange(0, BLOCK_N)
-        kv_ok = ((start + offs_n) < Lk)[:, None] & (offs_d < D)[None, :]
-        if MASKED:  # padding keys load as 0
-            k_pos = start + offs_n
-            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-            kv_ok = kv_ok & (k_doc >= 0)[:, None]
-        k = tl.load(k_base + start.to(tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(v_base + start.to(tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
-        qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
-        if SPLIT_STATS:  # lse2 holds the row max; linv 1/l (0 on rows whose ds is exactly 0)
-            p = tl.math.exp2(qk - lse2[:, None]) * linv[:, None]
+    offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
+    if MASKED:  # padding keys load as 0
+        k_pos = start + offs_n
+        if BEFORE:
+            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
         else:
-            p = tl.math.exp2(qk - lse2[:, None])
-        if MASKED:
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
+        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+    else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
+        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
+    if SPLIT_STATS:  # lse2 holds the row max; linv 1/l (0 on rows whose ds is exactly 0)
+        p = tl.math.exp2(qk - lse2[:, None]) * linv[:, None]
+    else:
+        p = tl.math.exp2(qk - lse2[:, None])
+    if MASKED:
+        if BEFORE:
+            ok = _allowed_before(k_pos, k_doc, q_lo)
+        else:
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
                           k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
-            p = tl.where(ok, p, 0.0)
-        dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
-        if DELTA_PASS:
-            dsum += tl.sum(p * dp, 1)
-        else:
-            ds = p * (dp - delta[:, None])
-            dq = _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
+        p = tl.where(ok, p, 0.0)
+    dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
+    if DELTA_PASS:
+        dsum += tl.sum(p * dp, 1)
+    else:
+        ds = p * (dp - delta[:, None])
+        dq = _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
+    return dq, dsum
+
+
+@triton.jit
+def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, n_hi, Lk, D, qk_scale, window,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False):
+    for n in range(n_lo, n_hi):
+        dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE)
+    return dq, dsum
+
+
+@triton.jit
+def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
+    """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
+    look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW)
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_lo, f_hi, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_hi, c_hi, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
+    while n < n_hi:
+        dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+        n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return dq, dsum
 
 
@@ -291,7 +458,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
                       LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
+                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False):
     """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -308,8 +475,10 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)  # KV_LO: the row's document start
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
 
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
     ridx = tl.arange(0, BLOCK_M)[:, None]
@@ -335,26 +504,16 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         # fp32: delta = rowsum(P * dP) from this kernel's own P and dP, as softmax's backward computes it,
         # not rowsum(dO * O): when one key dominates dP - delta cancels, and only matching roundings
         # keep that within plain PyTorch's error. One extra pass (QK^T and dO V^T) over the row's keys.
-        dq, dsum = _dq_tiles(dq, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, True, dsum)
-        dq, dsum = _dq_tiles(dq, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
-                             BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, True, dsum)
-        dq, dsum = _dq_tiles(dq, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, n_hi, Lk, D, qk_scale, window,
-                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, True, dsum)
+        dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                            qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                            True, EVEN_D)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
-    dq, dsum = _dq_tiles(dq, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, n_lo, f_lo, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, False, dsum)
-    dq, dsum = _dq_tiles(dq, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_lo, f_hi, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, False, dsum)
-    dq, dsum = _dq_tiles(dq, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, f_hi, n_hi, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, False, dsum)
+    dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                        qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                        False, EVEN_D)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)
 
@@ -407,7 +566,8 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                         smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
                         LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
-                        HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr):
+                        HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
+                        EVEN_D: tl.constexpr = False):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)

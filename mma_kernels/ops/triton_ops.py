@@ -118,7 +118,8 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 def _common(q, k, mask, win):
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    meta = dict(BLOCK_D=max(16, triton.next_power_of_2(D)),
+    block_d = max(16, triton.next_power_of_2(D))
+    meta = dict(BLOCK_D=block_d, EVEN_D=D == block_d,
                 DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 UPCAST=interpreting() and q.dtype == torch.bfloat16,
                 HAS_GROUPS=mask.meta.shape[1] > NUM_FIELDS, HAS_WINDOW=win is not None,
