@@ -68,9 +68,11 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 # benchmarks/results/static/): every config up to head dim 128 is spill-free, except dK/dV at head dim
 # 128 where every wgmma tile spills today (the two listed spill least); backward tiles keep >= 64 rows
 # on the wgmma side (32-row dQ tiles and 32-key dK/dV tiles fall back to mma.sync). The forward's 64x64
-# runs 2 stages: with 3 it spills at head dim 128 since the padding-inert loads.
+# runs 2 stages: with 3 it spills at head dim 128 since the padding-inert loads. 128-wide key tiles are
+# not listed: at head dim 64 the forward's 128x128 (2 or 3 stages) spills since the padding-inert
+# loads and the look-ahead split (benchmarks/results/static/perf/sm90_3_*fwd*_d64.md).
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    "fwd": [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 2)],
+    "fwd": [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 2)],
     "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
     "dkdv": [(64, 64, 8, 2), (32, 64, 4, 2)],
 }
@@ -81,10 +83,9 @@ def _configs(kind: str):
 
 
 def _prune(configs, named_args, **kwargs):
-    """Per head-dim block: tiles over 128x64 only up to 64 (128x128 spills at 128); for wide heads
-    (> 128) only tiles up to 64x64, whose register/shared footprint can fit."""
+    """For wide heads (head-dim block > 128) only tiles up to 64x64, whose register/shared footprint can fit."""
     bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 128))
-    limit = 128 * 128 if bd <= 64 else 128 * 64 if bd <= 128 else 64 * 64
+    limit = 128 * 64 if bd <= 128 else 64 * 64
     keep = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit]
     return keep or configs[-1:]
 
