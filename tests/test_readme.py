@@ -1,7 +1,7 @@
 """The README's Python snippets run as pasted, and what they claim holds.
 
 After each block runs, its variables are checked: the API block's mask is the picture drawn in
-"The mask" and its output matches the reference; the groups/window block's outputs match the
+"The mask" and its output matches the reference; the groups/window and FlexAttention blocks' outputs match the
 fp64 oracle (tests/oracle.py) from its ids; the transformers block's patched model lets the
 image tokens see their question and nobody see the answer early; the AKI block's language model
 runs MMA attention.
@@ -51,6 +51,20 @@ def check_groups_window(ns, block):
         assert (out.double() - ref).abs().max() < 1e-5, f"window={w}"
 
 
+def check_flex(ns):
+    """The FlexAttention snippet: backend="flex" and the user's own flex_attention call with the BlockMask
+    both equal the fp64 oracle from the snippet's ids, and the lse is finite on every (non-padding) row."""
+    import oracle
+
+    mod = ns["modality_ids"]
+    q, k, v = ns["q"], ns["k"], ns["v"]
+    ok = oracle.allowed(mod, torch.zeros_like(mod), None, "mma")  # the snippet: one segment, policy "mma"
+    ref, _ = oracle.attention64(q, k, v, ok, q.shape[-1] ** -0.5)
+    for name in ("out", "same"):
+        assert (ns[name].double() - ref).abs().max() < 1e-5, name
+    assert torch.isfinite(ns["lse"]).all()
+
+
 def check_hf(ns, block):
     """Images see their question (changing the token after the last image changes the image positions'
     logits); nothing before the answer sees it (changing the answer's first token leaves every earlier
@@ -90,6 +104,8 @@ def checks_for(block, ns):
         found.append(("api", lambda: check_api(ns)))
     if {"full", "local", "mod", "seg", "grp"} <= ns.keys() and "window=" in block:
         found.append(("groups_window", lambda: check_groups_window(ns, block)))
+    if {"out", "same", "block_mask", "lse", "modality_ids"} <= ns.keys() and 'backend="flex"' in block:
+        found.append(("flex", lambda: check_flex(ns)))
     if "apply_mma(" in block and {"model", "ids"} <= ns.keys() and re.search(r"image_token_(id|index)=", block) \
             and ("answer_token_id=" in block or "labels" in ns):
         found.append(("hf", lambda: check_hf(ns, block)))
@@ -105,7 +121,8 @@ def test_readme_snippet_runs(i, capsys):
     checks = dict(checks_for(BLOCKS[i], ns))
     # a block showing the op or the patch must be recognised, so that its claims are checked
     if "mma_attention(" in BLOCKS[i]:
-        assert checks.keys() & {"api", "groups_window"}, "an op snippet changed: update check_api/check_groups_window"
+        assert checks.keys() & {"api", "groups_window", "flex"}, \
+            "an op snippet changed: update check_api/check_groups_window/check_flex"
     if "apply_mma(" in BLOCKS[i]:
         assert "hf" in checks, "the transformers snippet changed: update check_hf"
     for check in checks.values():
