@@ -38,7 +38,7 @@ FORMER = {
 CANDIDATES = {
     "fwd": FORMER["fwd"] + [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 2), (64, 128, 4, 2)],
     "dq": FORMER["dq"] + [(64, 64, 8, 3), (64, 32, 8, 2), (64, 128, 8, 2)],
-    "dkdv": FORMER["dkdv"] + [(64, 64, 8, 3), (64, 32, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2)],
+    "dkdv": FORMER["dkdv"] + [(64, 64, 8, 3), (64, 32, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2)],
 }
 # the variants the CI test checks (`tests/test_static_report.py`)
 HEADLINE = dict(dtype="bf16", head_dim=128)

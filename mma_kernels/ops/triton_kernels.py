@@ -520,11 +520,15 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, sqm, sdm, meta_b, smf,
-                k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr):
+                key_start, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+                DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                SPLIT_STATS: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     off = Lk - Lq
+    if MASKED:  # the keys' fields are loaded here, live only across a masked loop (not the group loop)
+        k_pos = key_start + tl.arange(0, BLOCK_N)
+        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
     for m in range(m_lo, m_hi):
         start = m * BLOCK_M
         offs_m = tl.arange(0, BLOCK_M)
@@ -581,12 +585,11 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
     meta_b = META + b.to(tl.int64) * smb
     pad_b = PADCUM + b.to(tl.int64) * spb
     win_b = WIN + b.to(tl.int64) * swb
-    k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, key_ok, HAS_GROUPS)
     m_lo, f_lo, f_hi, m_hi = _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                  win_b, swf, window, HAS_WINDOW)
-
-    tile_ok = key_ok[:, None] & (offs_d < D)[None, :]
-    kv_ok = tile_ok & (k_doc >= 0)[:, None]  # padding keys load as 0, whatever K/V hold
+    # padding keys load as 0, whatever K/V hold
+    k_doc = tl.load(meta_b + k_pos, mask=key_ok, other=-1)
+    kv_ok = (key_ok & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
     k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + key_start.to(tl.int64) * skn
                 + offs_n[:, None] * skn + offs_d[None, :], mask=kv_ok, other=0.0)
     v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + key_start.to(tl.int64) * svn
@@ -600,17 +603,18 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
         row_base = (b * Hq + h).to(tl.int64) * Lq
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                              sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, k_grp, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+                             key_start, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single,
+                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                              sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, k_grp, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+                             key_start, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                             BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                              sqm, sdm, meta_b, smf,
-                             k_pos, k_doc, k_seg, k_mod, k_grp, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+                             key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
+    tile_ok = (key_start + offs_n < Lk)[:, None] & (offs_d < D)[None, :]  # recomputed: not live across the loops
     tl.store(DK + out_base + ptrs, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=tile_ok)
     tl.store(DV + out_base + ptrs, _cast(dv, DV.dtype.element_ty, UPCAST), mask=tile_ok)

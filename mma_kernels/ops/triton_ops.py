@@ -66,7 +66,7 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 
 # Autotune lists, checked statically for sm_90 (`python -m benchmarks.static --arch 90`, results in
 # benchmarks/results/static/): every config up to head dim 128 is spill-free, except dK/dV at head dim
-# 128 where every wgmma tile spills today (the two listed spill least); backward tiles keep >= 64 rows
+# 128 where every wgmma tile spills today (64x64 w8: 1,112 B; 32x64 w8, not listed: 168 B); backward tiles keep >= 64 rows
 # on the wgmma side (32-row dQ tiles and 32-key dK/dV tiles fall back to mma.sync). The forward's 64x64
 # runs 2 stages: with 3 it spills at head dim 128 since the padding-inert loads. 128-wide key tiles are
 # not listed: at head dim 64 the forward's 128x128 (2 or 3 stages) spills since the padding-inert
