@@ -65,12 +65,13 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 
 
 # Autotune lists, checked statically for sm_90 (`python -m benchmarks.static --arch 90`, results in
-# benchmarks/results/static/): every config up to head dim 128 is spill-free, except dK/dV at head dim
-# 128 where every wgmma tile spills today (64x64 w8: 1,112 B; 32x64 w8: 168 B, against 1,036 B with 4
-# warps; benchmarks/results/static/CHANGES.md, "dK/dV"); backward tiles keep >= 64 rows on the wgmma
-# side (32-row dQ tiles and 32-key dK/dV tiles fall back to mma.sync). The forward's 64x64 runs 2 stages: with 3 it spills at head dim 128 since the padding-inert loads. 128-wide key tiles are
-# not listed: at head dim 64 the forward's 128x128 (2 or 3 stages) spills since the padding-inert
-# loads and the look-ahead split (benchmarks/results/static/perf/sm90_3_*fwd*_d64.md).
+# benchmarks/results/static/): every config up to head dim 128 is spill-free, except dK/dV at head dim 128
+# where every wgmma tile spills today (64x64 w8: 1,112 B; 32x64 w8: 168 B, against 1,036 B with 4 warps;
+# benchmarks/results/static/CHANGES.md, "dK/dV"); backward tiles keep >= 64 rows on the wgmma side (32-row
+# dQ tiles and 32-key dK/dV tiles fall back to mma.sync). The forward's 64x64 runs 2 stages: with 3 it
+# spills at head dim 128 since the padding-inert loads. 128-wide key tiles are not listed: at head dim 64
+# the forward's 128x128 (2 or 3 stages) spills since the padding-inert loads and the look-ahead split
+# (benchmarks/results/static/perf/sm90_3_*fwd*_d64.md).
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     "fwd": [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 2)],
     "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
