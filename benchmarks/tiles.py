@@ -33,17 +33,26 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _per_block(meta: torch.Tensor, lo_field: int, hi_field: int, start: int, n_blocks: int, block: int,
+               limit: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A (lo, hi) pair of fields for positions ``start + [0, n_blocks * block)`` laid out [B, n_blocks, block];
+    positions past ``limit`` read as the kernels' out-of-range values (Lk, -1)."""
+    Lk = meta.shape[-1]
+    pos = torch.arange(n_blocks * block).view(n_blocks, block)
+    ok = pos < limit
+    idx = (start + pos.clamp(max=limit - 1)).view(-1)
+    lo = torch.where(ok, meta[:, lo_field, idx].view(-1, n_blocks, block), Lk)
+    hi = torch.where(ok, meta[:, hi_field, idx].view(-1, n_blocks, block), -1)
+    return lo, hi
+
+
 def query_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Tensor, ...]:
     """`_key_block_ranges` for every query row block: (n_lo, f_lo, f_hi, n_hi), each int64 [B, nqb]."""
     meta, padcum = mask.meta.long(), mask.padcum.long()
     Lk = meta.shape[-1]
     off = Lk - Lq
     nqb = _cdiv(Lq, BM)
-    rows = torch.arange(nqb * BM).view(nqb, BM)
-    ok = rows < Lq
-    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
-    kv_lo = torch.where(ok, meta[:, KV_LO, idx].view(-1, nqb, BM), Lk)
-    kv_hi = torch.where(ok, meta[:, KV_HI, idx].view(-1, nqb, BM), -1)
+    kv_lo, kv_hi = _per_block(meta, KV_LO, KV_HI, off, nqb, BM, Lq)
     valid = kv_hi >= 0
     lo, hi = kv_lo.amin(-1), kv_hi.amax(-1)
     any_valid = hi >= 0
@@ -120,11 +129,7 @@ def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Ten
     Lk = meta.shape[-1]
     off = Lk - Lq
     nkb = _cdiv(Lk, BN)
-    keys = torch.arange(nkb * BN).view(nkb, BN)
-    ok = keys < Lk
-    idx = keys.clamp(max=Lk - 1).view(-1)
-    q_lo = torch.where(ok, meta[:, Q_LO, idx].view(-1, nkb, BN), Lk)
-    q_hi = torch.where(ok, meta[:, Q_HI, idx].view(-1, nkb, BN), -1)
+    q_lo, q_hi = _per_block(meta, Q_LO, Q_HI, 0, nkb, BN, Lk)
     valid = q_hi >= 0
     r_lo = (q_lo.amin(-1) - off).clamp(min=0)
     r_hi = (q_hi.amax(-1) - off).clamp(max=Lq - 1)
