@@ -153,12 +153,19 @@ def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Ten
     return m_lo, f_lo, torch.maximum(f_hi, f_lo), m_hi
 
 
+def loop_counts(lo, f_lo, f_hi, hi, look=None) -> Tuple[List[int], int]:
+    """Tiles per masked loop, in the kernels' code order, and plain tiles: masked [lo, f_lo) (the forward's
+    and dQ's before-diagonal loop), plain [f_lo, f_hi), masked [f_hi, hi), plus `look` masked tiles per block
+    (the forward's and dQ's look-ahead loop, `look_tiles`)."""
+    n = lambda a, b: int((b - a).clamp(min=0).sum())  # noqa: E731  (a Python range(a, b) runs max(0, b - a) times)
+    masked = [n(lo, f_lo), n(f_hi, hi)] + ([int(look.sum())] if look is not None else [])
+    return masked, n(f_lo, f_hi)
+
+
 def loop_tiles(lo, f_lo, f_hi, hi, look=None) -> Tuple[int, int]:
-    """(masked, plain) tiles of the kernels' loops: masked [lo, f_lo), plain [f_lo, f_hi), masked [f_hi, hi),
-    plus `look` masked tiles per block (the forward's and dQ's look-ahead loop, `look_tiles`)."""
-    n = lambda a, b: (b - a).clamp(min=0).sum()  # noqa: E731  (a Python range(a, b) runs max(0, b - a) times)
-    extra = int(look.sum()) if look is not None else 0
-    return int(n(lo, f_lo) + n(f_hi, hi)) + extra, int(n(f_lo, f_hi))
+    """(masked, plain) tiles of the kernels' loops (`loop_counts`, masked loops summed)."""
+    masked, plain = loop_counts(lo, f_lo, f_hi, hi, look)
+    return sum(masked), plain
 
 
 def tiles_with_work(mask: MMAMask, Lq: int, BM: int, BN: int) -> torch.Tensor:
@@ -261,13 +268,14 @@ def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
             if (BM, BN) not in minimum:
                 minimum[(BM, BN)] = int(tiles_with_work(mask, seqlen, BM, BN).sum())
             if kind == "dkdv":
-                masked, plain = loop_tiles(*key_side_ranges(mask, seqlen, BM, BN))
+                loops, plain = loop_counts(*key_side_ranges(mask, seqlen, BM, BN))
             else:
                 split = lookahead_split(mask, seqlen, BM, BN, query_side_ranges(mask, seqlen, BM, BN))
-                masked, plain = loop_tiles(*split[:4], look_tiles(mask, seqlen, BM, BN, split))
+                loops, plain = loop_counts(*split[:4], look_tiles(mask, seqlen, BM, BN, split))
+            masked = sum(loops)
             mn = minimum[(BM, BN)]
             rec = dict(layout=layout.name, seqlen=seqlen, batch=B, kernel=kind, block_m=BM, block_n=BN,
-                       visited=masked + plain, plain=plain, masked=masked, minimum=mn,
+                       visited=masked + plain, plain=plain, masked=masked, masked_loops=loops, minimum=mn,
                        excess_pct=round(100 * (masked + plain - mn) / mn, 2) if mn else None,
                        total_tiles=B * _cdiv(seqlen, BM) * _cdiv(seqlen, BN))
             if (BM, BN) in flexed:

@@ -100,3 +100,12 @@ def test_issue11_goals_reported(report, capsys):
             print(f"\n  {kind}: plain loop {r['plain_per_128x64']} instr per 128x64 tile, masked/plain "
                   f"{r['masked_over_plain']}, spill bytes {r['spill_bytes']}", end="")
     assert all(r["plain_per_128x64"] for r in report[0].values())
+
+
+def test_loop_structure_lines_up_with_the_tile_suite(report):
+    """One plain loop and, in code order, the masked loops the tile suite counts (fwd/dQ: before the diagonal,
+    diagonal, look-ahead; dK/dV: below, above), so `python -m benchmarks.static.cost` can weigh each loop."""
+    for kind, r in report[0].items():
+        kinds = [lp["kind"] for lp in r["loops"] if lp["kind"] != "other"]
+        assert kinds.count("plain") == 1, (kind, kinds)
+        assert kinds.count("masked") == (2 if kind == "dkdv" else 3), (kind, kinds)

@@ -94,3 +94,26 @@ def test_minimum_equals_flex_block_mask():
     mask = MMAMask(lay.modality_ids, lay.segment_ids, lay.document_ids)
     blocks, _, _ = tiles.flex_blocks(lay, 64, 32)
     assert int(tiles.tiles_with_work(mask, 512, 64, 32).sum()) == blocks
+
+
+def test_loop_counts_split_the_masked_tiles_per_loop_and_feed_the_cost_model():
+    """Each record's masked tiles are split per masked loop in the kernels' code order (fwd/dQ: before the
+    diagonal, diagonal, look-ahead; dK/dV: below, above); the cost model weighs each loop by its count."""
+    from benchmarks.static.cost import cost_row
+
+    lay = bench_layout("aki", 1, 2048, seed=2)
+    recs, _ = tiles.count_case(lay, 2048)
+    assert {r["kernel"] for r in recs} == {"fwd", "dq", "dkdv"}
+    for r in recs:
+        assert len(r["masked_loops"]) == (2 if r["kernel"] == "dkdv" else 3)
+        assert sum(r["masked_loops"]) == r["masked"] and r["visited"] == r["masked"] + r["plain"]
+        assert min(r["masked_loops"]) > 0 and r["plain"] > 0  # packed documents: every loop runs
+    fwd = next(r for r in recs if r["kernel"] == "fwd")
+    static = dict(num_warps=8, num_stages=3, loops=[dict(kind="masked", instructions=500), dict(kind="plain", instructions=100),
+                                                    dict(kind="masked", instructions=700), dict(kind="masked", instructions=900)])
+    row = cost_row(fwd, static)
+    want = 100 * fwd["plain"] + sum(c * i for c, i in zip(fwd["masked_loops"], (500, 700, 900)))
+    assert row["instructions"] == want
+    assert row["over_all_plain"] == round(want / (100 * fwd["visited"]), 3)
+    static["loops"] = static["loops"][:2]  # a loop structure that does not line up is not joined
+    assert cost_row(fwd, static) is None

@@ -1,0 +1,122 @@
+"""Inferred per-head instruction cost of each kernel on each layout: static loop counts x exact tile counts.
+
+    python -m benchmarks.static.cost [--static benchmarks/results/static/sm90.json] \
+        [--tiles benchmarks/results/tiles/tiles.jsonl] [--dtype bf16] [--head-dim 128] [--md PATH]
+
+Joins the sm_90 report (`python -m benchmarks.static`: static instructions in one iteration of each tile
+loop, in code order) with the tile suite (`python -m benchmarks --suite tiles`: tiles each loop visits, per
+head, exact). For every layout, length and listed tile shape it gives the issued instructions of the tile
+loops, and their ratio to the same visits all run as plain tiles. This is a *model* (inferred, not
+measured): static counts ignore latency, stalls and the wgmma work that is the same in every loop; it says
+how much the masked tiles weigh on a real layout, which the per-loop ratio alone does not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(os.path.dirname(HERE), "results")
+
+
+def _loops(rec: Dict, kind: str) -> List[int]:
+    return [lp["instructions"] for lp in rec.get("loops", []) if lp["kind"] == kind]
+
+
+def pick_static(records: List[Dict], kernel: str, dtype: str, head_dim: int, bm: int, bn: int) -> Optional[Dict]:
+    """The listed (autotune) config of that tile shape; the first one compiled if several are listed."""
+    rs = [r for r in records if r["kernel"] == kernel and r["dtype"] == dtype and r["head_dim"] == head_dim
+          and r["block_m"] == bm and r["block_n"] == bn and "error" not in r]
+    listed = [r for r in rs if r.get("in_autotune")]
+    return (listed or rs or [None])[0]
+
+
+def cost_row(tile: Dict, static: Dict) -> Optional[Dict]:
+    """Inferred loop instructions for one tile-suite record, or None when the loops do not line up (e.g.
+    fp32 dQ, which runs its tile loops twice)."""
+    plain, masked = _loops(static, "plain"), _loops(static, "masked")
+    counts = tile.get("masked_loops")
+    if len(plain) != 1 or counts is None or len(masked) != len(counts):
+        return None
+    per_loop = [m * c for m, c in zip(masked, counts)]
+    total = plain[0] * tile["plain"] + sum(per_loop)
+    all_plain = plain[0] * tile["visited"]
+    per_tile = tile["block_m"] * tile["block_n"] / (128 * 64)
+    return dict(layout=tile["layout"], seqlen=tile["seqlen"], kernel=tile["kernel"],
+                tile=f"{tile['block_m']}x{tile['block_n']}",
+                config=f"w{static['num_warps']} s{static['num_stages']}", visited=tile["visited"],
+                masked_share=round(tile["masked"] / tile["visited"], 3) if tile["visited"] else None,
+                plain_loop=plain[0], masked_loops=masked, masked_tiles=counts,
+                instructions=total, over_all_plain=round(total / all_plain, 3) if all_plain else None,
+                per_128x64=round(total / tile["visited"] / per_tile) if tile["visited"] else None)
+
+
+def build(static_path: str, tiles_path: str, dtype: str, head_dim: int):
+    with open(static_path, encoding="utf-8") as f:
+        sdata = json.load(f)
+    with open(tiles_path, encoding="utf-8") as f:
+        tiles = [json.loads(line) for line in f if line.strip()]
+    rows, missing = [], set()
+    for t in tiles:
+        s = pick_static(sdata["records"], t["kernel"], dtype, head_dim, t["block_m"], t["block_n"])
+        row = cost_row(t, s) if s else None
+        if row is None:
+            missing.add(f"{t['kernel']} {t['block_m']}x{t['block_n']}")
+        else:
+            rows.append(row)
+    return rows, sdata["header"], tiles[0] if tiles else {}, sorted(missing)
+
+
+def markdown(rows: List[Dict], sheader: Dict, theader: Dict, dtype: str, head_dim: int, missing, argv) -> str:
+    out = [f"# Inferred tile-loop cost per head ({sheader['arch']}, {dtype}, head dim {head_dim})", "",
+           f"Command: `python -m benchmarks.static.cost {' '.join(argv)}`. Static report: `{sheader['command']}` "
+           f"(triton {sheader['triton']}, commit `{sheader['git_commit']}`, {sheader['date']}). Tile counts: "
+           f"tile suite (commit `{theader.get('git_commit')}`, {theader.get('date')}).", "",
+           "**Inferred, not measured**: instructions issued by the tile loops = plain loop x plain tiles + each "
+           "masked loop x its tiles (static counts per iteration). `x all-plain`: that over the same visits run "
+           "as plain tiles; `/128x64`: per visited tile, scaled to a 128x64 tile. Masked loops in code order: "
+           "fwd/dQ before-diagonal, diagonal, look-ahead; dK/dV below, above the fully allowed rows.", "",
+           "| layout | L | kernel | tile | config | visited | masked share | plain loop | masked loops "
+           "| masked tiles | x all-plain | /128x64 |", "|" + "---|" * 12]
+    for r in rows:
+        out.append(f"| {r['layout']} | {r['seqlen'] // 1024}K | {r['kernel']} | {r['tile']} | {r['config']} | "
+                   f"{r['visited']} | {r['masked_share']} | {r['plain_loop']} | "
+                   f"{'/'.join(map(str, r['masked_loops']))} | {'/'.join(map(str, r['masked_tiles']))} | "
+                   f"{r['over_all_plain']} | {r['per_128x64']} |")
+    if missing:
+        out += ["", "Not joined (no matching static record or loop structure): " + ", ".join(missing) + "."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m benchmarks.static.cost", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--static", default=os.path.join(RESULTS, "static", "sm90.json"))
+    p.add_argument("--tiles", default=os.path.join(RESULTS, "tiles", "tiles.jsonl"))
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=None, help="only this length (tokens)")
+    p.add_argument("--md", help="write the markdown table here (default: print it)")
+    a = p.parse_args(argv)
+    rows, sh, th, missing = build(a.static, a.tiles, a.dtype, a.head_dim)
+    if a.seqlen:
+        rows = [r for r in rows if r["seqlen"] == a.seqlen]
+    if not rows:
+        raise SystemExit("no tile record joined a static record: check --dtype/--head-dim, and that the tile suite "
+                         "was run with this version (records need `masked_loops`)")
+    text = markdown(rows, sh, th, a.dtype, a.head_dim, missing, argv)
+    if a.md:
+        with open(a.md, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {a.md}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
