@@ -65,6 +65,19 @@ def test_gqa(backend, Hq, Hkv):
     check_case(backend, torch.bfloat16, B=2, Hq=Hq, Hkv=Hkv, Lq=130, Lk=130, D=64, layout="multi_image")
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_gqa_dkdv_split_or_group_loop(monkeypatch, split):
+    """GQA's dK/dV both ways, each within the rule: fp32 shares per query head summed by the launcher
+    (DKDV_SPLIT_GROUP, the default: one dK/dV program per query head) or the in-kernel group loop (one per
+    KV head)."""
+    monkeypatch.setattr(triton_ops, "DKDV_SPLIT_GROUP", split)
+    launched, launch = [], triton_ops._launch
+    monkeypatch.setattr(triton_ops, "_launch", lambda kind, n, heads, *a, **kw: (
+        launched.append((kind, heads, kw.get("SPLIT_GROUP"))), launch(kind, n, heads, *a, **kw))[-1])
+    check_case("triton", torch.bfloat16, B=1, Hq=4, Hkv=2, Lq=70, Lk=70, D=32, layout="multi_image", seed=7)
+    assert ("dkdv", 4 if split else 2, split) in launched
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("Lk, Lq", [(1, 1), (17, 17), (17, 5), (17, 1), (97, 97), (97, 40), (97, 1),
                                      (130, 130), (130, 63), (257, 257), (257, 100), (257, 1)])
