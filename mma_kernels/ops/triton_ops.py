@@ -60,13 +60,16 @@ def _fix_interpreter_index() -> bool:
 # benchmarks/precision.py measures all three (docs/kernel.md, "Precision").
 HALF_DELTA = "out"
 
-# GQA in the dK/dV kernel (GROUP = Hq / Hkv > 1): True runs one program per key block and *query* head, each
-# writing its head's fp32 share of dK/dV, then sums the GROUP shares (FlashAttention-2's way, here in fp32, so
-# dK/dV are rounded once as before): no loop over the group in the kernel, which is what keeps its wgmma tiles
-# spill-free (benchmarks/results/static/CHANGES.md, "dK/dV spills"). It costs 2 * B * Hq * Lk * D * 4 bytes of
-# transient memory during the backward. False loops over the GROUP heads inside the kernel (no extra memory;
-# the group loop spills registers).
-DKDV_SPLIT_GROUP = True
+# GQA in the dK/dV kernel (GROUP = Hq / Hkv > 1):
+#   "split" one program per key block and *query* head, each writing its head's fp32 share of dK/dV, summed over
+#           the group by the launcher (FlashAttention-2's way, here in fp32, so dK/dV are rounded once as
+#           before): no loop over the group in the kernel, which keeps its wgmma tiles spill-free on sm_90 at
+#           head dims 96/128. Costs 2 * B * Hq * Lk * D * 4 bytes of transient memory in the backward.
+#   "loop"  one program per KV head looping over the GROUP query heads: no extra memory; at head-dim blocks
+#           over 64 that loop spills registers.
+#   "auto"  (default) "loop" up to a head-dim block of 64, where it does not spill, "split" above.
+# benchmarks/results/static/CHANGES.md, "dK/dV spills".
+DKDV_GQA = "auto"
 
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
@@ -75,8 +78,8 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 # Autotune lists, checked statically for sm_90 (`python -m benchmarks.static --arch 90`, results in
 # benchmarks/results/static/): every config up to head dim 128 is spill-free. Backward tiles keep >= 64 rows on
 # the wgmma side (32-row dQ tiles and 32-key dK/dV tiles fall back to mma.sync). dK/dV runs 32 query rows x
-# 128 or 64 keys with 8 warps, one program per query head under GQA (DKDV_SPLIT_GROUP): 64x64 spills at head
-# dims 96/128 even without the group loop (724 B at bf16 D=128), 32x128 is spill-free and issues the fewest
+# 128 or 64 keys with 8 warps, under GQA one program per query head above a head-dim block of 64 (DKDV_GQA):
+# 64x64 spills at head dims 96/128 even so (724 B at bf16 D=128), 32x128 is spill-free and issues the fewest
 # instructions per score of the wgmma tiles (benchmarks/results/static/CHANGES.md, "dK/dV spills"). The
 # forward's 64x64 runs 2 stages: with 3 it spills at head dim 128 since the padding-inert loads. 128-wide key
 # tiles are not listed for the forward: at head dim 64 its 128x128 (2 or 3 stages) spills since the
@@ -121,6 +124,13 @@ def _launch(kind: str, grid_len: int, grid_heads: int, args, **meta):
     else:
         key = "BLOCK_M" if kind != "dkdv" else "BLOCK_N"
         _tuned[kind][lambda m: (triton.cdiv(grid_len, m[key]), grid_heads)](*args, **meta)
+
+
+def _dkdv_split(block_d: int) -> bool:
+    """Whether the dK/dV kernel runs one program per query head under GQA (see DKDV_GQA)."""
+    if DKDV_GQA not in ("auto", "split", "loop"):
+        raise ValueError(f"triton_ops.DKDV_GQA must be 'auto', 'split' or 'loop', got {DKDV_GQA!r}")
+    return DKDV_GQA == "split" or (DKDV_GQA == "auto" and block_d > 64)
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -186,7 +196,7 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     delta = delta.contiguous()
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
     group = Hq // Hkv
-    split = DKDV_SPLIT_GROUP and group > 1
+    split = _dkdv_split(meta["BLOCK_D"]) and group > 1
     if split:  # each query head's fp32 share, summed over the group below
         dk, dv = torch.empty((2, B, Hq, Lk, D), dtype=torch.float32, device=k.device).unbind(0)
     else:
