@@ -65,6 +65,28 @@ def test_gqa(backend, Hq, Hkv):
     check_case(backend, torch.bfloat16, B=2, Hq=Hq, Hkv=Hkv, Lq=130, Lk=130, D=64, layout="multi_image")
 
 
+@pytest.mark.parametrize("mode, D, split", [("split", 32, True), ("loop", 32, False), ("auto", 32, False),
+                                            ("auto", 80, True)])
+def test_gqa_dkdv_split_or_group_loop(monkeypatch, mode, D, split):
+    """GQA's dK/dV both ways, each within the rule: fp32 shares per query head summed by the launcher
+    (one dK/dV program per query head) or the in-kernel group loop (one per KV head); DKDV_GQA="auto"
+    splits above a head-dim block of 64."""
+    monkeypatch.setattr(triton_ops, "DKDV_GQA", mode)
+    launched, launch = [], triton_ops._launch
+    monkeypatch.setattr(triton_ops, "_launch", lambda kind, n, heads, *a, **kw: (
+        launched.append((kind, heads, kw.get("SPLIT_GROUP"))), launch(kind, n, heads, *a, **kw))[-1])
+    check_case("triton", torch.bfloat16, B=1, Hq=4, Hkv=2, Lq=70, Lk=70, D=D, layout="multi_image", seed=7)
+    assert ("dkdv", 4 if split else 2, split) in launched
+
+
+def test_dkdv_gqa_mode_checked(monkeypatch):
+    monkeypatch.setattr(triton_ops, "DKDV_GQA", "atomics")
+    q, k, v = make_qkv(1, 2, 1, 8, 8, 16, torch.float32, seed=0)
+    out = mma_attention(q, k, v, MMAMask(*make_layout("multi_turn", 1, 8, seed=0)), backend="triton")
+    with pytest.raises(ValueError, match="DKDV_GQA.*atomics"):
+        out.sum().backward()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("Lk, Lq", [(1, 1), (17, 17), (17, 5), (17, 1), (97, 97), (97, 40), (97, 1),
                                      (130, 130), (130, 63), (257, 257), (257, 100), (257, 1)])

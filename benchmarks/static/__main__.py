@@ -108,6 +108,14 @@ def _fmt_loops(r, kind):
     return "/".join(str(x) for x in xs) if xs else "-"
 
 
+def _fmt_spills(r):
+    """Spill instructions (STL + LDL) per loop in code order, then outside every loop; '-' when none."""
+    if not r.get("spill_instructions"):
+        return "-"
+    parts = [f"{lp['kind']} {lp.get('spill_stores', 0) + lp.get('spill_loads', 0)}" for lp in r.get("loops", [])]
+    return ", ".join(parts + [f"outside {r.get('spill_instructions_outside_loops', 0)}"])
+
+
 def markdown(records: List[Dict], header: Dict) -> str:
     lines = [f"# Static machine-code report, {header['arch']}", "",
              f"triton {header['triton']}, torch {header['torch']}, commit `{header['git_commit']}`, "
@@ -115,17 +123,18 @@ def markdown(records: List[Dict], header: Dict) -> str:
              f"Launch specialised as the runtime does it: B={LAUNCH['batch']}, Hq={LAUNCH['heads_q']}, "
              f"Hkv={LAUNCH['heads_kv']}, L={LAUNCH['seqlen']}. Loop columns: static instructions in one iteration "
              "(one tile) of each loop, in code order; `/128x64`: the plain loop scaled to a 128x64 tile. "
-             "`spill B`: bytes of local-memory stores/loads (STL/LDL) in the whole kernel. "
+             "`spill B`: bytes of local-memory stores/loads (STL/LDL) in the whole kernel; `spill instr`: the STL + LDL "
+             "instructions in each loop's own body (code order, inner loops excluded) and outside every loop. "
              "`CTAs/SM`: resident blocks per SM from registers, shared memory and warps.", "",
              "| kernel | dtype | D | tile | warps | stages | autotune | regs | spill B (st/ld) | smem KB | CTAs/SM "
              "| HGMMA | HMMA | cp.async | TMA | plain loop | masked loop | other loop | plain /128x64 "
-             "| masked/plain |",
-             "|" + "---|" * 20]
+             "| masked/plain | spill instr |",
+             "|" + "---|" * 21]
     for r in records:
         if "error" in r:
             lines.append(f"| {r['kernel']} | {r['dtype']} | {r['head_dim']} | {r['block_m']}x{r['block_n']} | "
                          f"{r['num_warps']} | {r['num_stages']} | {'yes' if r['in_autotune'] else 'no'} | "
-                         f"error: {r['error'][:80]} |" + " |" * 13)
+                         f"error: {r['error'][:80]} |" + " |" * 14)
             continue
         lines.append(
             f"| {r['kernel']} | {r['dtype']} | {r['head_dim']} | {r['block_m']}x{r['block_n']} | {r['num_warps']} | "
@@ -133,7 +142,7 @@ def markdown(records: List[Dict], header: Dict) -> str:
             f"{r['spill_store_bytes']}/{r['spill_load_bytes']} | {r['smem_bytes'] / 1024:.0f} | {r['ctas_per_sm']} | "
             f"{r['hgmma']} | {r['hmma']} | {r['async_copy']} | {r['tma']} | {_fmt_loops(r, 'plain')} | "
             f"{_fmt_loops(r, 'masked')} | {_fmt_loops(r, 'other')} | {r['plain_per_128x64'] or '-'} | "
-            f"{r['masked_over_plain'] or '-'} |")
+            f"{r['masked_over_plain'] or '-'} | {_fmt_spills(r)} |")
     return "\n".join(lines) + "\n"
 
 

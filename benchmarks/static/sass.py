@@ -122,7 +122,7 @@ def _width(op: str) -> int:
 
 def counts(instrs: List[Instr]) -> Dict[str, int]:
     c = dict(instructions=len(instrs), hgmma=0, hmma=0, async_copy=0, tma=0, ldg=0, stg=0, lds=0, sts=0,
-             spill_store_bytes=0, spill_load_bytes=0, bar=0, shfl=0, mufu=0)
+             spill_store_bytes=0, spill_load_bytes=0, spill_stores=0, spill_loads=0, bar=0, shfl=0, mufu=0)
     for ins in instrs:
         b = ins.base
         if b in ("HGMMA", "QGMMA"):
@@ -143,8 +143,10 @@ def counts(instrs: List[Instr]) -> Dict[str, int]:
             c["sts"] += 1
         elif b == "STL":
             c["spill_store_bytes"] += _width(ins.op)
+            c["spill_stores"] += 1
         elif b == "LDL":
             c["spill_load_bytes"] += _width(ins.op)
+            c["spill_loads"] += 1
         elif b == "BAR":
             c["bar"] += 1
         elif b == "SHFL":
@@ -183,7 +185,11 @@ def find_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Loop]:
 
 
 def classify_loops(instrs: List[Instr], loops: List[Loop], mask_lines: Set[Tuple[str, int]]) -> List[Dict]:
-    """One record per loop: kind, static instruction count of one iteration, MMA / async-copy / spill counts."""
+    """One record per loop: kind, static instruction count of one iteration, MMA / async-copy / spill counts.
+
+    Spills are counted in the loop's own body (inner loops excluded): `spill_stores` / `spill_loads` are the
+    STL / LDL instructions there, `spill_bytes` their bytes. One in a tile loop costs per tile, one in a loop
+    holding the tile loops (the dK/dV kernel's GQA group loop) per iteration of that loop."""
     out = []
     for lp in loops:
         inner = [(o.start, o.end) for o in lp.inner]
@@ -195,7 +201,8 @@ def classify_loops(instrs: List[Instr], loops: List[Loop], mask_lines: Set[Tuple
         kind = "other" if inner or not mma else ("masked" if masked else "plain")
         out.append(dict(kind=kind, instructions=len(body), start=f"0x{lp.start:04x}", end=f"0x{lp.end:04x}",
                         hgmma=c["hgmma"], hmma=c["hmma"], async_copy=c["async_copy"], tma=c["tma"], ldg=c["ldg"],
-                        spill_bytes=c["spill_store_bytes"] + c["spill_load_bytes"], holds_loops=len(inner)))
+                        spill_bytes=c["spill_store_bytes"] + c["spill_load_bytes"], spill_stores=c["spill_stores"],
+                        spill_loads=c["spill_loads"], holds_loops=len(inner)))
     return out
 
 
@@ -234,9 +241,15 @@ def analyse(cubin: bytes, arch: int, num_warps: int, smem_bytes: int, mask_lines
         ins.lines = {(os.path.basename(f), n) for f, n in ins.lines}
     res = resources(cubin)
     c = counts(instrs)
-    loops = classify_loops(instrs, find_loops(instrs, labels), mask_lines)
+    found = find_loops(instrs, labels)
+    loops = classify_loops(instrs, found, mask_lines)
+    # spill instructions outside every loop: run once per program
+    outside = counts([i for i in instrs if not any(lp.start <= i.addr <= lp.end for lp in found)])
     return dict(regs=res["regs"], stack_bytes=res["stack"], spill_bytes=c["spill_store_bytes"] + c["spill_load_bytes"],
                 spill_store_bytes=c["spill_store_bytes"], spill_load_bytes=c["spill_load_bytes"],
                 smem_bytes=smem_bytes, ctas_per_sm=occupancy(arch, res["regs"], smem_bytes, num_warps),
                 hgmma=c["hgmma"], hmma=c["hmma"], async_copy=c["async_copy"], tma=c["tma"], ldg=c["ldg"],
-                instructions=c["instructions"], loops=loops)
+                instructions=c["instructions"], loops=loops,
+                spill_instructions=c["spill_stores"] + c["spill_loads"],
+                spill_instructions_outside_loops=outside["spill_stores"] + outside["spill_loads"],
+                spill_bytes_outside_loops=outside["spill_store_bytes"] + outside["spill_load_bytes"])

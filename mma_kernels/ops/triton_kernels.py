@@ -571,12 +571,25 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                         LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
                         HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
-                        EVEN_D: tl.constexpr = False):
-    """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it."""
+                        EVEN_D: tl.constexpr = False, SPLIT_GROUP: tl.constexpr = False):
+    """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it.
+
+    SPLIT_GROUP: one program per block of keys and *query* head instead (no loop over the group), writing
+    that head's fp32 share into DK/DV shaped [B, Hq, Lk, D]; the launcher sums the GROUP shares. Without
+    the group loop nothing is live across heads: this is what keeps the wgmma tiles spill-free under GQA
+    (benchmarks/results/static/CHANGES.md, "dK/dV spills")."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // Hkv
-    hk = pid_bh % Hkv
+    if SPLIT_GROUP:
+        b = pid_bh // Hq
+        h0 = pid_bh % Hq
+        hk = h0 // GROUP
+        heads = 1
+    else:
+        b = pid_bh // Hkv
+        hk = pid_bh % Hkv
+        h0 = hk * GROUP
+        heads = GROUP
     key_start = pid_n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -596,8 +609,8 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                 + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for g in range(GROUP):
-        h = hk * GROUP + g
+    for g in range(heads):
+        h = h0 + g
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * Hq + h).to(tl.int64) * Lq
@@ -616,5 +629,9 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tile_ok = (key_start + offs_n < Lk)[:, None] & (offs_d < D)[None, :]  # recomputed: not live across the loops
-    tl.store(DK + out_base + ptrs, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=tile_ok)
-    tl.store(DV + out_base + ptrs, _cast(dv, DV.dtype.element_ty, UPCAST), mask=tile_ok)
+    if SPLIT_GROUP:  # fp32 shares, summed (then rounded once) by the launcher
+        tl.store(DK + out_base + ptrs, dk * sm_scale, mask=tile_ok)
+        tl.store(DV + out_base + ptrs, dv, mask=tile_ok)
+    else:
+        tl.store(DK + out_base + ptrs, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=tile_ok)
+        tl.store(DV + out_base + ptrs, _cast(dv, DV.dtype.element_ty, UPCAST), mask=tile_ok)

@@ -60,22 +60,34 @@ def _fix_interpreter_index() -> bool:
 # benchmarks/precision.py measures all three (docs/kernel.md, "Precision").
 HALF_DELTA = "out"
 
+# GQA in the dK/dV kernel (GROUP = Hq / Hkv > 1):
+#   "split" one program per key block and *query* head, each writing its head's fp32 share of dK/dV, summed over
+#           the group by the launcher (FlashAttention-2's way, here in fp32, so dK/dV are rounded once as
+#           before): no loop over the group in the kernel, which keeps its wgmma tiles spill-free on sm_90 at
+#           head dims 96/128. Costs 2 * B * Hq * Lk * D * 4 bytes of transient memory in the backward.
+#   "loop"  one program per KV head looping over the GROUP query heads: no extra memory; at head-dim blocks
+#           over 64 that loop spills registers.
+#   "auto"  (default) "loop" up to a head-dim block of 64, where it does not spill, "split" above.
+# benchmarks/results/static/CHANGES.md, "dK/dV spills".
+DKDV_GQA = "auto"
+
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 
 
 # Autotune lists, checked statically for sm_90 (`python -m benchmarks.static --arch 90`, results in
-# benchmarks/results/static/): every config up to head dim 128 is spill-free, except dK/dV at head dim 128
-# where every wgmma tile spills today (64x64 w8: 1,112 B; 32x64 w8: 168 B, against 1,036 B with 4 warps;
-# benchmarks/results/static/CHANGES.md, "dK/dV"); backward tiles keep >= 64 rows on the wgmma side (32-row
-# dQ tiles and 32-key dK/dV tiles fall back to mma.sync). The forward's 64x64 runs 2 stages: with 3 it
-# spills at head dim 128 since the padding-inert loads. 128-wide key tiles are not listed: at head dim 64
-# the forward's 128x128 (2 or 3 stages) spills since the padding-inert loads and the look-ahead split
-# (benchmarks/results/static/perf/sm90_3_*fwd*_d64.md).
+# benchmarks/results/static/): every config up to head dim 128 is spill-free. Backward tiles keep >= 64 rows on
+# the wgmma side (32-row dQ tiles and 32-key dK/dV tiles fall back to mma.sync). dK/dV runs 32 query rows x
+# 128 or 64 keys with 8 warps, under GQA one program per query head above a head-dim block of 64 (DKDV_GQA):
+# 64x64 spills at head dims 96/128 even so (724 B at bf16 D=128), 32x128 is spill-free and issues the fewest
+# instructions per score of the wgmma tiles (benchmarks/results/static/CHANGES.md, "dK/dV spills"). The
+# forward's 64x64 runs 2 stages: with 3 it spills at head dim 128 since the padding-inert loads. 128-wide key
+# tiles are not listed for the forward: at head dim 64 its 128x128 (2 or 3 stages) spills since the
+# padding-inert loads and the look-ahead split (benchmarks/results/static/perf/sm90_3_*fwd*_d64.md).
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     "fwd": [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 2)],
     "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
-    "dkdv": [(64, 64, 8, 2), (32, 64, 8, 2)],
+    "dkdv": [(32, 128, 8, 2), (32, 64, 8, 2)],
 }
 
 
@@ -97,7 +109,8 @@ _tuned = {
     # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
     "dq": triton.autotune(_configs("dq"), key=_KEY, prune_configs_by={"early_config_prune": _prune},
                           restore_value=["DELTA"])(tk.mma_bwd_dq_kernel),
-    "dkdv": triton.autotune(_configs("dkdv"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
+    "dkdv": triton.autotune(_configs("dkdv"), key=_KEY + ["SPLIT_GROUP"],
+                            prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
 }
 _raw = {"fwd": tk.mma_fwd_kernel, "dq": tk.mma_bwd_dq_kernel, "dkdv": tk.mma_bwd_dkdv_kernel}
 
@@ -111,6 +124,13 @@ def _launch(kind: str, grid_len: int, grid_heads: int, args, **meta):
     else:
         key = "BLOCK_M" if kind != "dkdv" else "BLOCK_N"
         _tuned[kind][lambda m: (triton.cdiv(grid_len, m[key]), grid_heads)](*args, **meta)
+
+
+def _dkdv_split(block_d: int) -> bool:
+    """Whether the dK/dV kernel runs one program per query head under GQA (see DKDV_GQA)."""
+    if DKDV_GQA not in ("auto", "split", "loop"):
+        raise ValueError(f"triton_ops.DKDV_GQA must be 'auto', 'split' or 'loop', got {DKDV_GQA!r}")
+    return DKDV_GQA == "split" or (DKDV_GQA == "auto" and block_d > 64)
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -175,8 +195,13 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
         linv = lse2  # not read
     delta = delta.contiguous()
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
-    dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
-    dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
+    group = Hq // Hkv
+    split = _dkdv_split(meta["BLOCK_D"]) and group > 1
+    if split:  # each query head's fp32 share, summed over the group below
+        dk, dv = torch.empty((2, B, Hq, Lk, D), dtype=torch.float32, device=k.device).unbind(0)
+    else:
+        dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
+        dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
     mptrs, mstrides = _mask_args(mask, win)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), *mstrides)
@@ -185,9 +210,13 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
     _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
                                Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta)
-    _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides,
-                                  Hq, Hkv, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket),
-            **meta)
+    _launch("dkdv", Lk, B * (Hq if split else Hkv), (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides,
+                                                    Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w,
+                                                    zero_single, bucket),
+            **meta, SPLIT_GROUP=split)
+    if split:
+        dk = dk.view(B, Hkv, group, Lk, D).sum(2).to(k.dtype)
+        dv = dv.view(B, Hkv, group, Lk, D).sum(2).to(v.dtype)
     return dq, dk, dv
 
 
