@@ -79,6 +79,21 @@ def test_gqa_dkdv_split_or_group_loop(monkeypatch, mode, D, split):
     assert ("dkdv", 4 if split else 2, split) in launched
 
 
+@pytest.mark.parametrize("share_bytes, launches", [(1, 3), (2 * 2 * 2 * 40 * 16 * 4 * 2, 2), (1 << 30, 1)])
+def test_gqa_dkdv_split_bounds_its_shares(monkeypatch, share_bytes, launches):
+    """The split dK/dV's fp32 shares stay within DKDV_SHARE_BYTES (at least one KV head's group): the launcher
+    runs the kernel over a few KV heads at a time (here 3 KV heads, B=2: batch rows and head offsets both
+    matter), with the same result each way."""
+    monkeypatch.setattr(triton_ops, "DKDV_GQA", "split")
+    monkeypatch.setattr(triton_ops, "DKDV_SHARE_BYTES", share_bytes)
+    launched, launch = [], triton_ops._launch
+    monkeypatch.setattr(triton_ops, "_launch", lambda kind, n, heads, *a, **kw: (
+        launched.append((kind, heads)), launch(kind, n, heads, *a, **kw))[-1])
+    check_case("triton", torch.float32, B=2, Hq=6, Hkv=3, Lq=40, Lk=40, D=16, layout="multi_image", seed=11)
+    sizes = [h for kind, h in launched if kind == "dkdv"]
+    assert len(sizes) == launches and sum(sizes) == 2 * 6
+
+
 def test_dkdv_gqa_mode_checked(monkeypatch):
     monkeypatch.setattr(triton_ops, "DKDV_GQA", "atomics")
     q, k, v = make_qkv(1, 2, 1, 8, 8, 16, torch.float32, seed=0)

@@ -568,21 +568,23 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
 def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WIN,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
                         smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
+                        h_base, h_launch,
                         LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
                         HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
                         EVEN_D: tl.constexpr = False, SPLIT_GROUP: tl.constexpr = False):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it.
 
-    SPLIT_GROUP: one program per block of keys and *query* head instead (no loop over the group), writing
-    that head's fp32 share into DK/DV shaped [B, Hq, Lk, D]; the launcher sums the GROUP shares. Without
+    SPLIT_GROUP: one program per block of keys and *query* head instead (no loop over the group), for the
+    h_launch query heads from h_base, writing that head's fp32 share into DK/DV shaped [B, h_launch, Lk, D];
+    the launcher sums the GROUP shares (and launches again for the next heads, to bound that buffer). Without
     the group loop nothing is live across heads: this is what keeps the wgmma tiles spill-free under GQA
     (benchmarks/results/static/CHANGES.md, "dK/dV spills")."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     if SPLIT_GROUP:
-        b = pid_bh // Hq
-        h0 = pid_bh % Hq
+        b = pid_bh // h_launch
+        h0 = h_base + pid_bh % h_launch
         hk = h0 // GROUP
         heads = 1
     else:

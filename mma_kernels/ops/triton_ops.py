@@ -64,12 +64,15 @@ HALF_DELTA = "out"
 #   "split" one program per key block and *query* head, each writing its head's fp32 share of dK/dV, summed over
 #           the group by the launcher (FlashAttention-2's way, here in fp32, so dK/dV are rounded once as
 #           before): no loop over the group in the kernel, which keeps its wgmma tiles spill-free on sm_90 at
-#           head dims 96/128. Costs 2 * B * Hq * Lk * D * 4 bytes of transient memory in the backward.
+#           head dims 96/128. Costs transient fp32 shares in the backward, bounded by DKDV_SHARE_BYTES.
 #   "loop"  one program per KV head looping over the GROUP query heads: no extra memory; at head-dim blocks
 #           over 64 that loop spills registers.
 #   "auto"  (default) "loop" up to a head-dim block of 64, where it does not spill, "split" above.
 # benchmarks/results/static/CHANGES.md, "dK/dV spills".
 DKDV_GQA = "auto"
+# "split" bounds its transient fp32 shares: the launcher runs the kernel over as many KV heads' query heads at a
+# time as fit in this many bytes (at least one KV head's group: 2 * B * GROUP * Lk * D * 4 bytes).
+DKDV_SHARE_BYTES = 256 << 20
 
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
@@ -197,11 +200,8 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
     group = Hq // Hkv
     split = _dkdv_split(meta["BLOCK_D"]) and group > 1
-    if split:  # each query head's fp32 share, summed over the group below
-        dk, dv = torch.empty((2, B, Hq, Lk, D), dtype=torch.float32, device=k.device).unbind(0)
-    else:
-        dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
-        dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
+    dk = torch.empty((B, Hkv, Lk, D), dtype=k.dtype, device=k.device)
+    dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
     mptrs, mstrides = _mask_args(mask, win)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), *mstrides)
@@ -210,13 +210,22 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
     _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
                                Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta)
-    _launch("dkdv", Lk, B * (Hq if split else Hkv), (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides,
-                                                    Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w,
-                                                    zero_single, bucket),
-            **meta, SPLIT_GROUP=split)
-    if split:
-        dk = dk.view(B, Hkv, group, Lk, D).sum(2).to(k.dtype)
-        dv = dv.view(B, Hkv, group, Lk, D).sum(2).to(v.dtype)
+    args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single)
+    if not split:
+        _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
+                **meta, SPLIT_GROUP=False)
+        return dq, dk, dv
+    # each query head's fp32 share, summed over its group and rounded once; a few KV heads per launch
+    per_kv = 2 * B * group * Lk * D * 4
+    chunk = max(1, min(Hkv, DKDV_SHARE_BYTES // per_kv))
+    shares = torch.empty((2, B * chunk * group * Lk * D), dtype=torch.float32, device=k.device)
+    for kv0 in range(0, Hkv, chunk):
+        n = min(chunk, Hkv - kv0)
+        sk, sv = (s[: B * n * group * Lk * D].view(B, n * group, Lk, D) for s in shares)  # contiguous
+        _launch("dkdv", Lk, B * n * group, (q, k, v, do, sk, sv, lse2, linv, delta, *mptrs, *strides, *args,
+                                            kv0 * group, n * group, bucket), **meta, SPLIT_GROUP=True)
+        dk[:, kv0:kv0 + n] = sk.view(B, n, group, Lk, D).sum(2)
+        dv[:, kv0:kv0 + n] = sv.view(B, n, group, Lk, D).sum(2)
     return dq, dk, dv
 
 
