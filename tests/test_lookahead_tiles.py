@@ -15,21 +15,22 @@ from benchmarks.layouts import make_layout as bench_layout
 from helpers import random_layout
 from mma_kernels import MMAMask
 from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_span, _key_block_ranges, _load_query_fields,
-                                            _look_bits, _lookahead_split, _next_look_block, _span_key_fields)
+                                            _look_bits, _lookahead_split, _next_look_block, _span_key_fields,
+                                            _span_query_bounds)
 
 
 @triton.jit
-def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N: tl.constexpr,
+def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N: tl.constexpr,
                 BEFORE: tl.constexpr, AFTER: tl.constexpr):
     """RULE[b, rows, keys of block n] = the masked loop's own rule, as the kernels call it (relative positions)."""
     start = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
-    k_doc, k_bit = _span_key_fields(meta_b, smf, start + offs_n, Lk, BEFORE, AFTER)
     if BEFORE:
-        ok = _allowed_before(k_doc[None, :], q_doc[:, None])
+        ok = _allowed_before(tl.load(meta_b + start + offs_n)[None, :], q_doc[:, None])
     else:
-        ok = _allowed_span((rows + Lk - Lq - start)[:, None], q_doc[:, None], (q_hi - start)[:, None],
-                           q_bits[:, None], offs_n[None, :], k_doc[None, :], k_bit[None, :], AFTER)
+        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
+        ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                           q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER)
     tl.store(RULE + (b * Lq + rows[:, None]) * (NKB * BLOCK_N) + start + offs_n[None, :], ok.to(tl.int8),
              mask=(rows < Lq)[:, None])
 
@@ -49,22 +50,22 @@ def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M:
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, m * BLOCK_M, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
                                               BLOCK_M, BLOCK_N)
     out = OUT + (b * tl.num_programs(0) + m) * NKB
-    q_hi = tl.load(meta_b + 5 * smf + rows + Lk - Lq, mask=rows < Lq, other=-1)
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, rows + Lk - Lq, rows < Lq, q_doc, Lk)
     for n in range(n_lo, f_lo):
         tl.store(out + n, tl.load(out + n) + 1)
-        _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, True, False)
+        _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, True, False)
     for n in range(f_lo, f_hi):
         tl.store(out + n, tl.load(out + n) + 2)
     for n in range(f_hi, c_hi):
         tl.store(out + n, tl.load(out + n) + 1)
         if not HAS_GROUPS:
-            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
+            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         tl.store(out + n, tl.load(out + n) + 1)
         if not HAS_GROUPS:
-            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, True)
+            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, True)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
 
 
@@ -142,8 +143,8 @@ def _span_all_kernel(META, RULE, smb, smf, Lq, Lk, NKB, BLOCK_M: tl.constexpr, B
     meta_b = META + b * smb
     rows = m * BLOCK_M + tl.arange(0, BLOCK_M)
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + Lk - Lq, rows < Lq, False)
-    q_hi = tl.load(meta_b + 5 * smf + rows + Lk - Lq, mask=rows < Lq, other=-1)
-    _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, rows + Lk - Lq, rows < Lq, q_doc, Lk)
+    _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
 
 
 def _edge_layouts():

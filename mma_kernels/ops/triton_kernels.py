@@ -81,39 +81,51 @@ def _allowed_before(k_doc, q_doc):
 
 
 @triton.jit
-def _allowed_span(q_pos, q_doc, q_hi, q_bits, k_pos, k_doc, k_bit, AFTER: tl.constexpr = False):
-    """The contract's rule for plain MMA (no groups, no window) from a position bound, on broadcastable
+def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.constexpr = False):
+    """The contract's rule for plain MMA (no groups, no window) from position bounds, on broadcastable
     operands (either [M,1]x[1,N] or [1,M]x[N,1]), positions relative to any common origin.
 
-    Query: position, DOC (-2 for padding and rows past Lq), KV_HI (its last allowed key: itself, or the last
-    key of its segment of a modality it may look ahead at; -1 for padding) and QBITS. Key: position, DOC (-1
-    for padding and keys past Lk) and `k_bit` = 1 << KMOD. Allowed iff same DOC and
-    ``k <= (QBITS & k_bit ? KV_HI : q)``: keys up to q are causal; a key past q and up to KV_HI lies in q's
-    segment (segments are contiguous runs, padding aside, inside one document), where the policy bit decides;
-    keys past KV_HI are outside q's segment or of a modality it does not look at.
-    AFTER (every key after every row: the look-ahead tiles) drops the document test, which any key past q and
-    up to KV_HI meets; padding keys must then hold k_bit = 0 (no bit of QBITS: never looked at).
+    Query: position, KV_LO (its document's first key), KV_HI (its last allowed key: itself, or the last key
+    of its segment of a modality it may look ahead at) and QBITS; for padding rows and rows past Lq the
+    caller passes q_pos = q_hi = q_lo (any value above every key's k_eff) and QBITS 0. Key: position,
+    `k_eff` (its position; for padding and keys past Lk, below every KV_LO) and `k_bit` = 1 << KMOD
+    (KMOD = PAD_MOD for padding: no QBITS bit). Allowed iff ``KV_LO <= k_eff <= (QBITS & k_bit ? KV_HI : q)``:
+    keys from the document's start up to q are causal; a key past q and up to KV_HI lies in q's segment
+    (segments are contiguous runs, padding aside, inside one document), where the policy bit decides; keys
+    past KV_HI are outside q's segment or of a modality it does not look at. One unsigned range compare.
+    AFTER (every key after every row: the look-ahead tiles) drops the lower bound, which any key past q
+    meets, and needs only ``QBITS & k_bit`` and ``k <= KV_HI``.
     """
     look = (q_bits & k_bit) != 0
     if AFTER:
         return look & (k_pos <= q_hi)
     else:
-        return (k_doc == q_doc) & (k_pos <= tl.where(look, q_hi, q_pos))
+        t = (k_eff - q_lo).to(tl.uint32, bitcast=True)
+        return t <= tl.where(look, q_hi - q_lo, q_pos - q_lo).to(tl.uint32, bitcast=True)
 
 
 @triton.jit
-def _span_key_fields(meta_b, smf, k_pos, Lk, BEFORE: tl.constexpr, AFTER: tl.constexpr):
-    """DOC and 1 << KMOD of the tile's keys (DOC -1 past Lk); AFTER: k_bit 0 for padding keys.
-    BEFORE tiles lie inside [0, Lk) and need no modality."""
-    if BEFORE:
-        k_doc = tl.load(meta_b + k_pos)
-        k_bit = k_doc  # unused
+def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
+    """Position, KV_LO and KV_HI of the rows as `_allowed_span` takes them: padding rows and rows past Lq
+    (DOC < 0) get all three = Lk (KV_LO is Lk there already; their QBITS are 0)."""
+    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)
+    q_hi = tl.load(meta_b + 5 * smf + q_pos, mask=row_ok, other=Lk)
+    real = q_doc >= 0
+    return tl.where(real, q_pos, Lk), q_lo, tl.where(real, q_hi, Lk)
+
+
+@triton.jit
+def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr):
+    """From KMOD alone (PAD_MOD = 31 for padding and past Lk), relative to `start`: k_eff (`offs_n`; -1 - start,
+    below every KV_LO, for padding), k_bit (1 << KMOD) and whether the key is a real one."""
+    k_pos = start + offs_n
+    k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
+    k_real = k_mod != 31
+    if AFTER:
+        k_eff = offs_n  # unused
     else:
-        k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
-        k_bit = 1 << tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=0)
-        if AFTER:
-            k_bit = tl.where(k_doc >= 0, k_bit, 0)
-    return k_doc, k_bit
+        k_eff = tl.where(k_real, offs_n, -1 - start)
+    return k_eff, 1 << k_mod, k_real
 
 
 @triton.jit
@@ -273,7 +285,7 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 # ----------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, start, Lk, D, qk_scale, window,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False):
@@ -285,11 +297,14 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:
         k_pos = start + offs_n
-        if BEFORE or not (HAS_GROUPS or HAS_WINDOW):
-            k_doc, k_bit = _span_key_fields(meta_b, smf, k_pos, Lk, BEFORE, AFTER)
+        if BEFORE:  # inside [0, Lk): no key bound
+            k_doc = tl.load(meta_b + k_pos)
+            k_real = k_doc >= 0
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         else:
             k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-        k_real = k_doc >= 0  # -1 past Lk too
+            k_real = k_doc >= 0  # -1 past Lk too
         # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
         # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
         if BEFORE:
@@ -304,8 +319,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         if BEFORE:
             ok = _allowed_before(k_doc[None, :], q_doc[:, None])
         elif not (HAS_GROUPS or HAS_WINDOW):
-            ok = _allowed_span((q_pos - start)[:, None], q_doc[:, None], (q_hi - start)[:, None], q_bits[:, None],
-                               offs_n[None, :], k_doc[None, :], k_bit[None, :], AFTER)
+            ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                               q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER)
         else:
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
@@ -330,20 +345,20 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
+               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                     UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
     """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
@@ -351,7 +366,7 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
@@ -379,7 +394,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
-    q_hi = tl.load(meta_b + 5 * smf + q_pos, mask=row_ok, other=-1)  # KV_HI: the row's last allowed key
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
@@ -395,16 +410,16 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                                     BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
 
     row_valid = q_doc >= 0
@@ -422,7 +437,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
 # ----------------------------------------------------------------------------- backward
 @triton.jit
 def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, start, Lk, D, qk_scale, window,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
@@ -434,11 +449,14 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys load K and V as 0: both meet p = 0 in a product (dS @ K, dO @ V^T)
         k_pos = start + offs_n
-        if BEFORE or not (HAS_GROUPS or HAS_WINDOW):
-            k_doc, k_bit = _span_key_fields(meta_b, smf, k_pos, Lk, BEFORE, AFTER)
+        if BEFORE:  # inside [0, Lk): no key bound
+            k_doc = tl.load(meta_b + k_pos)
+            k_real = k_doc >= 0
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         else:
             k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-        k_real = k_doc >= 0  # -1 past Lk too
+            k_real = k_doc >= 0  # -1 past Lk too
         k = _load_some_rows(k_ptrs, offs_d, D, k_real, EVEN_D)
         v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
     else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
@@ -453,8 +471,8 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
         if BEFORE:
             ok = _allowed_before(k_doc[None, :], q_doc[:, None])
         elif not (HAS_GROUPS or HAS_WINDOW):
-            ok = _allowed_span((q_pos - start)[:, None], q_doc[:, None], (q_hi - start)[:, None], q_bits[:, None],
-                               offs_n[None, :], k_doc[None, :], k_bit[None, :], AFTER)
+            ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                               q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER)
         else:
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
@@ -471,40 +489,40 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
 
 @triton.jit
 def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE)
     return dq, dsum
 
 
 @triton.jit
 def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
     """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
     look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D,
                             False, True)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
@@ -534,7 +552,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
-    q_hi = tl.load(meta_b + 5 * smf + q_pos, mask=row_ok, other=-1)  # KV_HI: the row's last allowed key
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
@@ -564,13 +582,13 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         # not rowsum(dO * O): when one key dominates dP - delta cancels, and only matching roundings
         # keep that within plain PyTorch's error. One extra pass (QK^T and dO V^T) over the row's keys.
         dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                             True, EVEN_D)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                         False, EVEN_D)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
