@@ -21,7 +21,7 @@ from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_span, _key
 
 @triton.jit
 def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N: tl.constexpr,
-                BEFORE: tl.constexpr, AFTER: tl.constexpr):
+                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True):
     """RULE[b, rows, keys of block n] = the masked loop's own rule, as the kernels call it (relative positions)."""
     start = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
@@ -30,7 +30,7 @@ def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n,
     else:
         k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
-                           q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER)
+                           q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
     tl.store(RULE + (b * Lq + rows[:, None]) * (NKB * BLOCK_N) + start + offs_n[None, :], ok.to(tl.int8),
              mask=(rows < Lq)[:, None])
 
@@ -56,11 +56,16 @@ def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M:
         _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, True, False)
     for n in range(f_lo, f_hi):
         tl.store(out + n, tl.load(out + n) + 2)
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     for n in range(f_hi, c_hi):
         tl.store(out + n, tl.load(out + n) + 1)
         if not HAS_GROUPS:
-            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
-    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+            if bits == 0:  # as the kernels: a row block that looks ahead at nothing takes the causal form
+                _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                            False, False, False)
+            else:
+                _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                            False, False)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         tl.store(out + n, tl.load(out + n) + 1)
@@ -135,8 +140,10 @@ def test_random_layouts_sound_and_exact():
 
 
 @triton.jit
-def _span_all_kernel(META, RULE, smb, smf, Lq, Lk, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """RULE[b, rows, keys] = `_allowed_span` (the diagonal form, exact on any tile) on every tile."""
+def _span_all_kernel(META, RULE, smb, smf, Lq, Lk, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     LOOK: tl.constexpr):
+    """RULE[b, rows, keys] = `_allowed_span` (the diagonal form, exact on any tile) on every tile; LOOK=False:
+    its causal form, on the row blocks with no look-ahead bit."""
     m = tl.program_id(0)
     n = tl.program_id(1)
     b = tl.program_id(2)
@@ -144,7 +151,12 @@ def _span_all_kernel(META, RULE, smb, smf, Lq, Lk, NKB, BLOCK_M: tl.constexpr, B
     rows = m * BLOCK_M + tl.arange(0, BLOCK_M)
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + Lk - Lq, rows < Lq, False)
     q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, rows + Lk - Lq, rows < Lq, q_doc, Lk)
-    _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
+    if LOOK:
+        _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
+    else:  # the causal form, on the row blocks that look ahead at nothing (others store 2: not checked)
+        if _look_bits(q_bits, q_gbits, False) == 0:
+            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                        False, False, False)
 
 
 def _edge_layouts():
@@ -169,8 +181,13 @@ def test_span_rule_exact_on_every_tile(name, mod, seg, doc, policy):
     for Lq in sorted({1, Lk // 2 + 1, Lk}):
         BM, BN = 4, 4
         nqb, nkb = triton.cdiv(Lq, BM), triton.cdiv(Lk, BN)
-        rule = torch.full((1, Lq, nkb * BN), 2, dtype=torch.int8)
-        _span_all_kernel[(nqb, nkb, 1)](mask.meta, rule, mask.meta.stride(0), mask.meta.stride(1), Lq, Lk, nkb,
-                                        BLOCK_M=BM, BLOCK_N=BN)
-        assert torch.equal(rule[:, :, :Lk].bool(), mask.to_dense(Lq)), f"{name}, Lq={Lq}"
+        dense = mask.to_dense(Lq)
+        for look in (True, False):
+            rule = torch.full((1, Lq, nkb * BN), 2, dtype=torch.int8)
+            _span_all_kernel[(nqb, nkb, 1)](mask.meta, rule, mask.meta.stride(0), mask.meta.stride(1), Lq, Lk, nkb,
+                                            BLOCK_M=BM, BLOCK_N=BN, LOOK=look)
+            rule = rule[:, :, :Lk]
+            seen = rule != 2
+            assert torch.equal(rule[seen].bool(), dense[seen]), f"{name}, Lq={Lq}, LOOK={look}"
+            assert seen.all() if look else (seen.any() or bool(mask.meta[0, 3].any())), "pairs left unchecked"
         check(mask, Lq, BM, BN)
