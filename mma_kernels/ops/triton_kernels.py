@@ -120,16 +120,18 @@ def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
 
 @triton.jit
 def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr):
-    """From KMOD alone (PAD_MOD = 31 for padding and past Lk), relative to `start`: k_eff (`offs_n`; -1 - start,
-    below every KV_LO, for padding), k_bit (1 << KMOD) and whether the key is a real one."""
+    """From KMOD alone (PAD_MOD = 31 for padding), relative to `start`: k_eff (`offs_n`; -1 - start, below every
+    KV_LO, for padding), k_bit (1 << KMOD; 0 for padding in AFTER tiles: 1 << 31, no QBITS bit) and whether the
+    key is a real one (not padding, before Lk). The diagonal tiles read key Lk - 1's KMOD for keys past Lk
+    (cheaper than a masked load where the loop pipeline stages it through shared memory): the rule excludes
+    them by position (past every KV_HI and q)."""
     k_pos = start + offs_n
-    k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
-    k_real = k_mod != 31
-    if AFTER:
-        k_eff = offs_n  # unused
+    if AFTER:  # the look-ahead loop is not pipelined: a masked load costs less than clamped addresses
+        k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
+        return offs_n, 1 << k_mod, k_mod != 31
     else:
-        k_eff = tl.where(k_real, offs_n, -1 - start)
-    return k_eff, 1 << k_mod, k_real
+        k_mod = tl.load(meta_b + 2 * smf + tl.minimum(k_pos, Lk - 1))
+        return tl.where(k_mod != 31, offs_n, -1 - start), 1 << k_mod, (k_mod != 31) & (k_pos < Lk)
 
 
 @triton.jit
