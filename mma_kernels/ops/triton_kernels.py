@@ -89,8 +89,8 @@ def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.cons
     Query: position, KV_LO (its document's first key), KV_HI (its last allowed key: itself, or the last key
     of its segment of a modality it may look ahead at) and QBITS; for padding rows and rows past Lq the
     caller passes q_pos = q_hi = q_lo (any value above every key's k_eff) and QBITS 0. Key: position,
-    `k_eff` (its position; for padding and keys past Lk, below every KV_LO) and `k_bit` = 1 << KMOD
-    (KMOD = PAD_MOD for padding: no QBITS bit). Allowed iff ``KV_LO <= k_eff <= (QBITS & k_bit ? KV_HI : q)``:
+    `k_eff` (its position; for padding, below every KV_LO; keys past Lk need nothing: they lie past every
+    KV_HI and q) and `k_bit` = 1 << KMOD (KMOD = PAD_MOD = 31 for padding: no QBITS bit). Allowed iff ``KV_LO <= k_eff <= (QBITS & k_bit ? KV_HI : q)``:
     keys from the document's start up to q are causal; a key past q and up to KV_HI lies in q's segment
     (segments are contiguous runs, padding aside, inside one document), where the policy bit decides; keys
     past KV_HI are outside q's segment or of a modality it does not look at. One unsigned range compare.
@@ -121,10 +121,10 @@ def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
 @triton.jit
 def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr):
     """From KMOD alone (PAD_MOD = 31 for padding), relative to `start`: k_eff (`offs_n`; -1 - start, below every
-    KV_LO, for padding), k_bit (1 << KMOD; 0 for padding in AFTER tiles: 1 << 31, no QBITS bit) and whether the
-    key is a real one (not padding, before Lk). The diagonal tiles read key Lk - 1's KMOD for keys past Lk
-    (cheaper than a masked load where the loop pipeline stages it through shared memory): the rule excludes
-    them by position (past every KV_HI and q)."""
+    KV_LO, for padding), k_bit (1 << KMOD: bit 31, in no QBITS, for padding) and whether the key is a real one
+    (not padding, before Lk: the V mask). The diagonal tiles read key Lk - 1's KMOD for keys past Lk (cheaper
+    than a masked load where the loop pipeline stages it through shared memory): the rule excludes them by
+    position (past every KV_HI and q). The look-ahead tiles load KMOD 31 there."""
     k_pos = start + offs_n
     if AFTER:  # the look-ahead loop is not pipelined: a masked load costs less than clamped addresses
         k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
