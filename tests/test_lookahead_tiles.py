@@ -14,19 +14,22 @@ from benchmarks.layouts import LAYOUTS as BENCH_LAYOUTS
 from benchmarks.layouts import make_layout as bench_layout
 from helpers import random_layout
 from mma_kernels import MMAMask
-from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_span, _key_block_ranges, _load_query_fields,
+from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_causal, _allowed_span, _diagonal_kind,
+                                            _key_block_ranges, _load_query_fields,
                                             _look_bits, _lookahead_split, _next_look_block, _span_key_fields,
                                             _span_query_bounds)
 
 
 @triton.jit
 def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N: tl.constexpr,
-                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True):
+                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True, CAUSAL: tl.constexpr = False):
     """RULE[b, rows, keys of block n] = the masked loop's own rule, as the kernels call it (relative positions)."""
     start = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     if BEFORE:
         ok = _allowed_before(tl.load(meta_b + start + offs_n)[None, :], q_doc[:, None])
+    elif CAUSAL:
+        ok = _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
     else:
         k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
@@ -57,10 +60,14 @@ def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M:
     for n in range(f_lo, f_hi):
         tl.store(out + n, tl.load(out + n) + 2)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    diag = _diagonal_kind(PADCUM + b * spb, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, False)
     for n in range(f_hi, c_hi):
         tl.store(out + n, tl.load(out + n) + 1)
-        if not HAS_GROUPS:
-            if bits == 0:  # as the kernels: a row block that looks ahead at nothing takes the causal form
+        if not HAS_GROUPS:  # as the kernels: by `_diagonal_kind`
+            if diag == 2:
+                _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                            False, False, False, True)
+            elif diag == 1:
                 _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
                             False, False, False)
             else:
@@ -143,7 +150,8 @@ def test_random_layouts_sound_and_exact():
 def _span_all_kernel(META, RULE, smb, smf, Lq, Lk, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      LOOK: tl.constexpr):
     """RULE[b, rows, keys] = `_allowed_span` (the diagonal form, exact on any tile) on every tile; LOOK=False:
-    its causal form, on the row blocks with no look-ahead bit."""
+    its causal form, on the row blocks with no look-ahead bit. (`_allowed_causal` holds only on the tiles
+    `_diagonal_kind` gives it: checked in `check`.)"""
     m = tl.program_id(0)
     n = tl.program_id(1)
     b = tl.program_id(2)

@@ -51,7 +51,7 @@ def breakdown(kind: str, key, head_dim: int = 128, dtype: str = "bf16", arch: in
         i.lines = {(os.path.basename(f), n) for f, n in i.lines}
     name = os.path.basename(inspect.getsourcefile(tk._fwd_tile.fn))
     src = open(inspect.getsourcefile(tk._fwd_tile.fn), encoding="utf-8").read().splitlines()
-    rule = {n for f, n in function_lines(tk._allowed_before, tk._allowed_span)}
+    rule = {n for f, n in function_lines(tk._allowed_before, tk._allowed_span, tk._allowed_causal)}
     keyf = {n for f, n in function_lines(tk._span_key_fields, tk._load_key_fields)}
     loops = find_loops(instrs, labels)
     out = []

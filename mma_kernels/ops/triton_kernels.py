@@ -109,6 +109,13 @@ def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.cons
 
 
 @triton.jit
+def _allowed_causal(q_pos, k_pos):
+    """Causal attention inside one document, for tiles whose keys hold no padding and lie at or after every
+    row's document start: ``k <= q``; callers pass q = -1 - (tile start) (below every key) for padding rows."""
+    return k_pos <= q_pos
+
+
+@triton.jit
 def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
     """Position, KV_LO and KV_HI of the rows as `_allowed_span` takes them: padding rows and rows past Lq
     (DOC < 0) get all three = Lk (KV_LO is Lk there already; their QBITS are 0)."""
@@ -238,6 +245,24 @@ def _look_bits(q_bits, q_gbits, HAS_GROUPS: tl.constexpr):
 
 
 @triton.jit
+def _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N: tl.constexpr,
+                   HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Which rule the diagonal tiles [f_hi, c_hi) of a row block need: 0 the general one (look-ahead bits, or
+    groups or a window); 1 the causal form of `_allowed_span` (no row looks ahead); 2 plain causal attention,
+    `_allowed_causal` (besides, these keys lie inside [0, Lk) with no padding among them (two `padcum` loads),
+    and every row's document starts at or before them): no key field and no load mask at all."""
+    if HAS_GROUPS or HAS_WINDOW:
+        return 0
+    else:
+        a = tl.minimum(f_hi * BLOCK_N, Lk)
+        b = tl.maximum(tl.minimum(c_hi * BLOCK_N, Lk), a)
+        pads = tl.load(pad_b + b) - tl.load(pad_b + a)
+        inside = (tl.max(tl.where(q_doc >= 0, q_lo, 0), 0) <= f_hi * BLOCK_N) & (c_hi * BLOCK_N <= Lk)
+        no_look = _look_bits(q_bits, q_gbits, HAS_GROUPS) == 0
+        return tl.where(no_look, tl.where((pads == 0) & inside, 2, 1), 0)
+
+
+@triton.jit
 def _next_look_block(meta_b, smf, n, n_hi, bits, BLOCK_N: tl.constexpr):
     """The next key block from `n` of the look-ahead loop: `n` itself when its first key is of a modality
     in `bits`, else the block holding the end of that key's modality run (MOD_NEXT): blocks wholly inside
@@ -294,7 +319,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True):
+              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
+              NOPAD: tl.constexpr = False):
     """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
     look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing);
     plain MMA evaluates `_allowed_span`, groups or a window `_allowed`."""
@@ -307,6 +333,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         if BEFORE:  # inside [0, Lk): no key bound
             k_doc = tl.load(meta_b + k_pos)
             k_real = k_doc >= 0
+        elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): no key field, no load mask
+            k_real = k_pos < Lk  # unused
         elif not (HAS_GROUPS or HAS_WINDOW):
             k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         else:
@@ -314,7 +342,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
             k_real = k_doc >= 0  # -1 past Lk too
         # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
         # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
-        if BEFORE:
+        if BEFORE or NOPAD:
             k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
         else:
             k = _load_some_rows(k_ptrs, offs_d, D, start + offs_n < Lk, EVEN_D)
@@ -325,6 +353,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     if MASKED:
         if BEFORE:
             ok = _allowed_before(k_doc[None, :], q_doc[:, None])
+        elif NOPAD:
+            ok = _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
         elif not (HAS_GROUPS or HAS_WINDOW):
             ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
                                q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
@@ -341,7 +371,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     p = tl.math.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:  # padding keys load V as 0: p is 0 there, and 0 * (NaN or inf) would not be
+    if MASKED and not NOPAD:  # padding keys load V as 0: p is 0 there, and 0 * (NaN or inf) would not be
         v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
     else:
         v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
@@ -355,11 +385,12 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True):
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
-                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK)
+                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,
+                                  NOPAD)
     return acc, l_i, m_i
 
 
@@ -423,10 +454,13 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     # the diagonal tiles; a row block that looks ahead at nothing (the common case) runs them with the causal rule
-    no_look = _look_bits(q_bits, q_gbits, HAS_GROUPS) == 0
-    if HAS_GROUPS or HAS_WINDOW:  # the general rule only
-        no_look = False
-    if no_look:
+    diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
+    if diag == 2:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
+                                   False, True)
+    elif diag == 1:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
@@ -458,7 +492,8 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
-             BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True):
+             BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
+              NOPAD: tl.constexpr = False):
     """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -469,13 +504,19 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
         if BEFORE:  # inside [0, Lk): no key bound
             k_doc = tl.load(meta_b + k_pos)
             k_real = k_doc >= 0
+        elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): no key field, no load mask
+            k_real = k_pos < Lk  # unused
         elif not (HAS_GROUPS or HAS_WINDOW):
             k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         else:
             k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
             k_real = k_doc >= 0  # -1 past Lk too
-        k = _load_some_rows(k_ptrs, offs_d, D, k_real, EVEN_D)
-        v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
+        if NOPAD:
+            k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+            v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+        else:
+            k = _load_some_rows(k_ptrs, offs_d, D, k_real, EVEN_D)
+            v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
     else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
         k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
         v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
@@ -487,6 +528,8 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     if MASKED:
         if BEFORE:
             ok = _allowed_before(k_doc[None, :], q_doc[:, None])
+        elif NOPAD:
+            ok = _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
         elif not (HAS_GROUPS or HAS_WINDOW):
             ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
                                q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
@@ -510,17 +553,17 @@ def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True):
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False):
     for n in range(n_lo, n_hi):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
-                            False, LOOK)
+                            False, LOOK, NOPAD)
     return dq, dsum
 
 
 @triton.jit
-def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -533,11 +576,13 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
-    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
-    no_look = bits == 0
-    if HAS_GROUPS or HAS_WINDOW:  # the general rule only
-        no_look = False
-    if no_look:  # the diagonal tiles with the causal rule (see the forward)
+    diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
+    if diag == 2:  # the diagonal tiles, by rule as in the forward
+        dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
+                             EVEN_D, False, False, True)
+    elif diag == 1:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
                              BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
@@ -547,6 +592,7 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
                              BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
                              EVEN_D)
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
@@ -609,13 +655,13 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         # fp32: delta = rowsum(P * dP) from this kernel's own P and dP, as softmax's backward computes it,
         # not rowsum(dO * O): when one key dominates dP - delta cancels, and only matching roundings
         # keep that within plain PyTorch's error. One extra pass (QK^T and dO V^T) over the row's keys.
-        dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+        dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                             True, EVEN_D)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
-    dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+    dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                         False, EVEN_D)
