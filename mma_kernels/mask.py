@@ -9,7 +9,7 @@ field      meaning (absolute key positions 0..Lk-1; ``BIG = Lk``)
 =========  ==================================================================
 DOC        document run index (0, 1, ...), -1 for padding
 SEG        segment run index, unique over the row, -1 for padding
-KMOD       modality id (padding -> 0)
+KMOD       modality id; PAD_MOD (31) for padding: a bit no QBITS/GBITS holds
 QBITS      look-ahead bitmask of the token as a query (policy bits[modality])
 KV_LO      as query: first key it may see (its document's start); BIG if pad
 KV_HI      as query: last key it may see (own position, or the last key of its
@@ -45,6 +45,7 @@ from .validation import check_ids, check_window
 
 DOC, SEG, KMOD, QBITS, KV_LO, KV_HI, Q_LO, Q_HI, LA_LO, MOD_NEXT, GRP, GBITS = range(12)
 NUM_FIELDS = 10  # without groups; 12 with groups
+PAD_MOD = 31  # KMOD of padding: modalities are 0..30, so no policy bit ever selects it
 WIN_KV_LO, WIN_Q_HI = 0, 1  # rows of `window_fields`
 
 
@@ -207,7 +208,7 @@ class MMAMask:
         fields = [
             torch.where(valid, doc_run, -1),
             torch.where(valid, seg_run, -1),
-            mod.clamp(min=0),
+            torch.where(valid, mod, PAD_MOD),
             qbits,
             torch.where(valid, doc_lo, big),
             torch.where(valid, torch.maximum(pos, q_last), -1),

@@ -14,15 +14,33 @@ from benchmarks.layouts import LAYOUTS as BENCH_LAYOUTS
 from benchmarks.layouts import make_layout as bench_layout
 from helpers import random_layout
 from mma_kernels import MMAMask
-from mma_kernels.ops.triton_kernels import (_allowed_before, _key_block_ranges, _load_query_fields, _look_bits,
-                                            _lookahead_split, _next_look_block)
+from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_span, _key_block_ranges, _load_query_fields,
+                                            _look_bits, _lookahead_split, _next_look_block, _span_key_fields,
+                                            _span_query_bounds)
+
+
+@triton.jit
+def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N: tl.constexpr,
+                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True):
+    """RULE[b, rows, keys of block n] = the masked loop's own rule, as the kernels call it (relative positions)."""
+    start = n * BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    if BEFORE:
+        ok = _allowed_before(tl.load(meta_b + start + offs_n)[None, :], q_doc[:, None])
+    else:
+        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
+        ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                           q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
+    tl.store(RULE + (b * Lq + rows[:, None]) * (NKB * BLOCK_N) + start + offs_n[None, :], ok.to(tl.int8),
+             mask=(rows < Lq)[:, None])
 
 
 @triton.jit
 def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    HAS_GROUPS: tl.constexpr):
     """OUT[b, m, n] = 1 for a masked visit of key block n by row block m, 2 for a plain one (added up);
-    RULE [B, Lq, NKB * BLOCK_N] holds `_allowed_before` on the tiles of the first masked loop (else 2)."""
+    RULE [B, Lq, NKB * BLOCK_N] holds the masked loops' own rule on their tiles (else 2): `_allowed_before` in
+    the first, `_allowed_span` (plain MMA only) in the diagonal and look-ahead loops."""
     m = tl.program_id(0)
     b = tl.program_id(1)
     meta_b = META + b * smb
@@ -32,22 +50,27 @@ def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M:
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, m * BLOCK_M, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
                                               BLOCK_M, BLOCK_N)
     out = OUT + (b * tl.num_programs(0) + m) * NKB
-    q_lo = tl.load(meta_b + 4 * smf + rows + Lk - Lq, mask=rows < Lq, other=Lk)
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, rows + Lk - Lq, rows < Lq, q_doc, Lk)
     for n in range(n_lo, f_lo):
         tl.store(out + n, tl.load(out + n) + 1)
-        k_pos = n * BLOCK_N + tl.arange(0, BLOCK_N)
-        k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
-        ok = _allowed_before(k_pos, k_doc, q_lo)
-        tl.store(RULE + (b * Lq + rows[:, None]) * (NKB * BLOCK_N) + k_pos[None, :], ok.to(tl.int8),
-                 mask=(rows < Lq)[:, None])
+        _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, True, False)
     for n in range(f_lo, f_hi):
         tl.store(out + n, tl.load(out + n) + 2)
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     for n in range(f_hi, c_hi):
         tl.store(out + n, tl.load(out + n) + 1)
-    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+        if not HAS_GROUPS:
+            if bits == 0:  # as the kernels: a row block that looks ahead at nothing takes the causal form
+                _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                            False, False, False)
+            else:
+                _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                            False, False)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         tl.store(out + n, tl.load(out + n) + 1)
+        if not HAS_GROUPS:
+            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, True)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
 
 
@@ -63,7 +86,7 @@ def visits(mask, Lq, BM, BN):
 
 def check(mask, Lq, BM, BN):
     """Each tile visited at most once; every tile with work visited; plain tiles fully allowed; the cheap
-    rule of the first masked loop exact; the replica's counts equal the kernel helpers'. Returns
+    rules of the masked loops exact; the replica's counts equal the kernel helpers'. Returns
     (visited, tiles with work)."""
     out, rule = visits(mask, Lq, BM, BN)
     assert int(out.max()) <= 2, "a tile visited twice"
@@ -78,9 +101,9 @@ def check(mask, Lq, BM, BN):
     if work is not None:
         assert torch.equal(work, has_work)
     assert not (has_work & (out == 0)).any(), "a tile holding allowed pairs is skipped"
-    # the first masked loop's cheap rule (keys at or before every row) equals the contract's rule there
+    # the masked loops' cheaper rules (`_allowed_before`, `_allowed_span`) equal the contract's rule there
     seen = rule != 2
-    assert torch.equal(rule[seen].bool(), dense[seen]), "_allowed_before differs from the rule"
+    assert torch.equal(rule[seen].bool(), dense[seen]), "a masked loop's rule differs from the contract's"
     row_valid = torch.zeros(B, nqb * BM, dtype=torch.bool)
     row_valid[:, :Lq] = mask.meta[:, 0, Lk - Lq:] >= 0
     for b, m, n in (out == 2).nonzero().tolist():
@@ -114,3 +137,57 @@ def test_random_layouts_sound_and_exact():
             kw = dict(group_ids=seg, group_policy=rng.choice(["bidirectional_image", [(2, 0)]]))
         mask = MMAMask(mod, seg, doc, policy=policy, **kw)
         check(mask, rng.randint(1, L), rng.choice([16, 32]), rng.choice([16, 32]))
+
+
+@triton.jit
+def _span_all_kernel(META, RULE, smb, smf, Lq, Lk, NKB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     LOOK: tl.constexpr):
+    """RULE[b, rows, keys] = `_allowed_span` (the diagonal form, exact on any tile) on every tile; LOOK=False:
+    its causal form, on the row blocks with no look-ahead bit."""
+    m = tl.program_id(0)
+    n = tl.program_id(1)
+    b = tl.program_id(2)
+    meta_b = META + b * smb
+    rows = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + Lk - Lq, rows < Lq, False)
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, rows + Lk - Lq, rows < Lq, q_doc, Lk)
+    if LOOK:
+        _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, False)
+    else:  # the causal form, on the row blocks that look ahead at nothing (others store 2: not checked)
+        if _look_bits(q_bits, q_gbits, False) == 0:
+            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                        False, False, False)
+
+
+def _edge_layouts():
+    """Layouts aimed at what `_allowed_span` relies on (KV_HI, contiguous runs, padding anywhere)."""
+    P, T, I, A = -1, 0, 1, 2
+    yield "pad inside segment and document", [T, I, I, P, I, T, P, T, T, T, P, T], [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1], None, "mma"
+    yield "several image runs in a segment", [I, I, T, I, T, T, I, T, T, T], [0] * 8 + [1, 1], None, "mma"
+    yield "left and right padding", [P, P, T, I, I, T, T, P, P], [0, 0, 0, 0, 0, 0, 0, 0, 0], None, "mma"
+    yield "documents, padding at a boundary", [T, I, T, P, I, I, T, T, P, I, T], [0, 0, 0, 1, 2, 2, 2, 2, 3, 4, 4], [0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2], "mma"
+    yield "three modalities, custom pairs", [A, I, T, A, T, I, I, A, T, T, A], [0] * 7 + [1] * 4, None, [(2, 0), (1, 2), (2, 1)]
+    yield "high modality ids", [30, 0, 29, 30, 0, -1, 29, 0], [0] * 8, None, [(30, 0), (29, 30)]
+    yield "prefix", [T, I, P, T, T, I, T], [0, 0, 0, 0, 1, 1, 1], None, "prefix"
+    yield "all padding", [P, P, P, P], [0, 0, 0, 0], None, "mma"
+
+
+@pytest.mark.parametrize("name,mod,seg,doc,policy", list(_edge_layouts()), ids=[e[0] for e in _edge_layouts()])
+def test_span_rule_exact_on_every_tile(name, mod, seg, doc, policy):
+    """`_allowed_span` equals the contract's rule on every pair (not just the tiles a loop visits), for each Lq."""
+    t = lambda x: torch.tensor([x], dtype=torch.int32)  # noqa: E731
+    mask = MMAMask(t(mod), t(seg), None if doc is None else t(doc), policy=policy)
+    Lk = mask.seq_len
+    for Lq in sorted({1, Lk // 2 + 1, Lk}):
+        BM, BN = 4, 4
+        nqb, nkb = triton.cdiv(Lq, BM), triton.cdiv(Lk, BN)
+        dense = mask.to_dense(Lq)
+        for look in (True, False):
+            rule = torch.full((1, Lq, nkb * BN), 2, dtype=torch.int8)
+            _span_all_kernel[(nqb, nkb, 1)](mask.meta, rule, mask.meta.stride(0), mask.meta.stride(1), Lq, Lk, nkb,
+                                            BLOCK_M=BM, BLOCK_N=BN, LOOK=look)
+            rule = rule[:, :, :Lk]
+            seen = rule != 2
+            assert torch.equal(rule[seen].bool(), dense[seen]), f"{name}, Lq={Lq}, LOOK={look}"
+            assert seen.all() if look else (seen.any() or bool(mask.meta[0, 3].any())), "pairs left unchecked"
+        check(mask, Lq, BM, BN)

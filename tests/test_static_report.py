@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADLINE = {"fwd": "128x64x8x3", "dq": "128x64x8x2", "dkdv": "32x128x8x2"}
 
 
-FEATURES = {"fwd": "64x64x4x2", "dq": "64x64x8x2", "dkdv": "32x64x8x2"}  # fp16, groups + window on
+FEATURES = {"fwd": "64x32x4x2", "dq": "64x32x4x2", "dkdv": "32x64x8x2"}  # fp16, groups + window on
 
 
 def _static(out, only, dtype, features=""):

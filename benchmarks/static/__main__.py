@@ -31,13 +31,14 @@ LAUNCH = dict(batch=1, heads_q=32, heads_kv=8, seqlen=16384)
 # extra tiles compiled with --all (block_m, block_n, num_warps, num_stages): the autotune lists before the
 # static pruning (issue 11) and a few more
 FORMER = {
-    "fwd": [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
+    "fwd": [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)],
     "dq": [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
     "dkdv": [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
 }
 CANDIDATES = {
-    "fwd": FORMER["fwd"] + [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 2), (64, 128, 4, 2)],
-    "dq": FORMER["dq"] + [(64, 64, 8, 3), (64, 32, 8, 2), (64, 128, 8, 2)],
+    "fwd": FORMER["fwd"] + [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 2), (64, 128, 4, 2), (64, 64, 8, 2),
+                            (64, 64, 4, 1), (64, 64, 8, 1)],
+    "dq": FORMER["dq"] + [(64, 64, 8, 3), (64, 32, 8, 2), (64, 128, 8, 2), (64, 64, 8, 1)],
     "dkdv": FORMER["dkdv"] + [(64, 64, 8, 3), (64, 32, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2)],
 }
 # the variants the CI test checks (`tests/test_static_report.py`)
@@ -48,7 +49,7 @@ def mask_functions():
     """The kernel helpers that evaluate the per-element rule: a loop running one of them is `masked`."""
     from mma_kernels.ops import triton_kernels as tk
 
-    return [getattr(tk, n) for n in ("_allowed", "_allowed_before") if hasattr(tk, n)]
+    return [getattr(tk, n) for n in ("_allowed", "_allowed_before", "_allowed_span") if hasattr(tk, n)]
 
 
 def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=()):

@@ -49,6 +49,15 @@ def _load_rows(ptrs, offs_d, D, EVEN_D: tl.constexpr):
 
 
 @triton.jit
+def _load_some_rows(ptrs, offs_d, D, row_ok, EVEN_D: tl.constexpr):
+    """A [rows, BLOCK_D] tile with the rows where `row_ok` is False loaded as 0."""
+    if EVEN_D:
+        return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    else:
+        return tl.load(ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
 def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k_mod, k_grp, window,
              HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """The contract's rule on broadcastable operands (either [M,1]x[1,N] or [1,M]x[N,1]).
@@ -65,10 +74,62 @@ def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k
 
 
 @triton.jit
-def _allowed_before(k_pos, k_doc, q_lo):
-    """The rule for keys at or before every row of the tile (no window): a non-padding key at or after
-    the row's document start (KV_LO; BIG for padding rows). One compare per pair."""
-    return tl.where(k_doc >= 0, k_pos, -1)[None, :] >= q_lo[:, None]
+def _allowed_before(k_doc, q_doc):
+    """The rule for keys at or before every row of the tile (no window): the key lies in the row's document
+    (DOC run index; padding keys hold -1, padding rows -2: never equal). One compare per pair."""
+    return k_doc == q_doc
+
+
+@triton.jit
+def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.constexpr = False,
+                  LOOK: tl.constexpr = True):
+    """The contract's rule for plain MMA (no groups, no window) from position bounds, on broadcastable
+    operands (either [M,1]x[1,N] or [1,M]x[N,1]), positions relative to any common origin.
+
+    Query: position, KV_LO (its document's first key), KV_HI (its last allowed key: itself, or the last key
+    of its segment of a modality it may look ahead at) and QBITS; for padding rows and rows past Lq the
+    caller passes q_pos = q_hi = q_lo (any value above every key's k_eff) and QBITS 0. Key: position,
+    `k_eff` (its position; for padding and keys past Lk, below every KV_LO) and `k_bit` = 1 << KMOD
+    (KMOD = PAD_MOD for padding: no QBITS bit). Allowed iff ``KV_LO <= k_eff <= (QBITS & k_bit ? KV_HI : q)``:
+    keys from the document's start up to q are causal; a key past q and up to KV_HI lies in q's segment
+    (segments are contiguous runs, padding aside, inside one document), where the policy bit decides; keys
+    past KV_HI are outside q's segment or of a modality it does not look at. One unsigned range compare.
+    AFTER (every key after every row: the look-ahead tiles) drops the lower bound, which any key past q
+    meets, and needs only ``QBITS & k_bit`` and ``k <= KV_HI``. LOOK=False (no row of the tile looks ahead:
+    QBITS 0) leaves causal attention inside the document: ``KV_LO <= k_eff <= q``.
+    """
+    if AFTER:
+        return ((q_bits & k_bit) != 0) & (k_pos <= q_hi)
+    else:
+        t = (k_eff - q_lo).to(tl.uint32, bitcast=True)
+        if LOOK:
+            return t <= tl.where((q_bits & k_bit) != 0, q_hi - q_lo, q_pos - q_lo).to(tl.uint32, bitcast=True)
+        else:
+            return t <= (q_pos - q_lo).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
+    """Position, KV_LO and KV_HI of the rows as `_allowed_span` takes them: padding rows and rows past Lq
+    (DOC < 0) get all three = Lk (KV_LO is Lk there already; their QBITS are 0)."""
+    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)
+    q_hi = tl.load(meta_b + 5 * smf + q_pos, mask=row_ok, other=Lk)
+    real = q_doc >= 0
+    return tl.where(real, q_pos, Lk), q_lo, tl.where(real, q_hi, Lk)
+
+
+@triton.jit
+def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr):
+    """From KMOD alone (PAD_MOD = 31 for padding and past Lk), relative to `start`: k_eff (`offs_n`; -1 - start,
+    below every KV_LO, for padding), k_bit (1 << KMOD) and whether the key is a real one."""
+    k_pos = start + offs_n
+    k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
+    k_real = k_mod != 31
+    if AFTER:
+        k_eff = offs_n  # unused
+    else:
+        k_eff = tl.where(k_real, offs_n, -1 - start)
+    return k_eff, 1 << k_mod, k_real
 
 
 @triton.jit
@@ -228,29 +289,43 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
 # ----------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, start, Lk, D, qk_scale, window,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False):
+              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True):
+    """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
+    look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing);
+    plain MMA evaluates `_allowed_span`, groups or a window `_allowed`."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
-    if MASKED:  # padding keys (only ever in masked tiles) load as 0: whatever K/V hold stays out
+    if MASKED:
         k_pos = start + offs_n
-        if BEFORE:
-            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        if BEFORE:  # inside [0, Lk): no key bound
+            k_doc = tl.load(meta_b + k_pos)
+            k_real = k_doc >= 0
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         else:
             k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-        kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
-        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
+            k_real = k_doc >= 0  # -1 past Lk too
+        # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
+        # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
+        if BEFORE:
+            k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+        else:
+            k = _load_some_rows(k_ptrs, offs_d, D, start + offs_n < Lk, EVEN_D)
     else:  # a plain tile lies inside [0, Lk) (see `_key_block_ranges`): only the head dim can need a mask
         k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST)
     # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
     if MASKED:
         if BEFORE:
-            ok = _allowed_before(k_pos, k_doc, q_lo)
+            ok = _allowed_before(k_doc[None, :], q_doc[:, None])
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                               q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
         else:
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
@@ -264,8 +339,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     p = tl.math.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:
-        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+    if MASKED:  # padding keys load V as 0: p is 0 there, and 0 * (NaN or inf) would not be
+        v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
     else:
         v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
     acc = acc * alpha[:, None]
@@ -275,20 +350,20 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, n_hi, Lk, D, qk_scale, window,
+               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False):
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True):
     for n in range(n_lo, n_hi):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
-                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE)
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, a_lo, n_hi, Lk, D, qk_scale, window,
+                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                     UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
     """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
@@ -296,8 +371,8 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
-                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 
@@ -324,7 +399,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
-    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)  # KV_LO: the row's document start
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
@@ -340,16 +415,26 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_lo, f_hi, Lk, D, qk_scale, window,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                                BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_hi, c_hi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+    # the diagonal tiles; a row block that looks ahead at nothing (the common case) runs them with the causal rule
+    no_look = _look_bits(q_bits, q_gbits, HAS_GROUPS) == 0
+    if HAS_GROUPS or HAS_WINDOW:  # the general rule only
+        no_look = False
+    if no_look:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
+                                   False)
+    else:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, a_lo, n_hi, Lk, D, qk_scale, window,
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                                     BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
 
     row_valid = q_doc >= 0
@@ -367,25 +452,28 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
 # ----------------------------------------------------------------------------- backward
 @triton.jit
 def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, start, Lk, D, qk_scale, window,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False):
-    """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP)."""
+             BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True):
+    """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
-    if MASKED:  # padding keys load as 0
+    if MASKED:  # padding keys load K and V as 0: both meet p = 0 in a product (dS @ K, dO @ V^T)
         k_pos = start + offs_n
-        if BEFORE:
-            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        if BEFORE:  # inside [0, Lk): no key bound
+            k_doc = tl.load(meta_b + k_pos)
+            k_real = k_doc >= 0
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
         else:
             k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-        kv_ok = ((k_pos < Lk) & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
-        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)
-        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+            k_real = k_doc >= 0  # -1 past Lk too
+        k = _load_some_rows(k_ptrs, offs_d, D, k_real, EVEN_D)
+        v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
     else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
         k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
         v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
@@ -396,7 +484,10 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
         p = tl.math.exp2(qk - lse2[:, None])
     if MASKED:
         if BEFORE:
-            ok = _allowed_before(k_pos, k_doc, q_lo)
+            ok = _allowed_before(k_doc[None, :], q_doc[:, None])
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                               q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
         else:
             ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
                           q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
@@ -413,41 +504,53 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
 
 @triton.jit
 def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, n_hi, Lk, D, qk_scale, window,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False):
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True):
     for n in range(n_lo, n_hi):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
-                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE)
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
+                            False, LOOK)
     return dq, dsum
 
 
 @triton.jit
 def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
     """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
     look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, Lk, D, qk_scale, window,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_lo, f_hi, Lk, D, qk_scale, window,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
-    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, f_hi, c_hi, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    no_look = bits == 0
+    if HAS_GROUPS or HAS_WINDOW:  # the general rule only
+        no_look = False
+    if no_look:  # the diagonal tiles with the causal rule (see the forward)
+        dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
+                             EVEN_D, False, False)
+    else:
+        dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
+                             EVEN_D)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n * BLOCK_N, Lk, D, qk_scale, window,
-                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D,
+                            False, True)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return dq, dsum
 
@@ -475,7 +578,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     win_b = WIN + b.to(tl.int64) * swb
     q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
-    q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)  # KV_LO: the row's document start
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
@@ -505,13 +608,13 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         # not rowsum(dO * O): when one key dominates dP - delta cancels, and only matching roundings
         # keep that within plain PyTorch's error. One extra pass (QK^T and dO V^T) over the row's keys.
         dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                             True, EVEN_D)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                         False, EVEN_D)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D

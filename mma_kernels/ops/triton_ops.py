@@ -83,13 +83,15 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 # the wgmma side (32-row dQ tiles and 32-key dK/dV tiles fall back to mma.sync). dK/dV runs 32 query rows x
 # 128 or 64 keys with 8 warps, under GQA one program per query head above a head-dim block of 64 (DKDV_GQA):
 # 64x64 spills at head dims 96/128 even so (724 B at bf16 D=128), 32x128 is spill-free and issues the fewest
-# instructions per score of the wgmma tiles (benchmarks/results/static/CHANGES.md, "dK/dV spills"). The
-# forward's 64x64 runs 2 stages: with 3 it spills at head dim 128 since the padding-inert loads. 128-wide key
-# tiles are not listed for the forward: at head dim 64 its 128x128 (2 or 3 stages) spills since the
-# padding-inert loads and the look-ahead split (benchmarks/results/static/perf/sm90_3_*fwd*_d64.md).
+# instructions per score of the wgmma tiles (benchmarks/results/static/CHANGES.md, "dK/dV spills"). No 64x64
+# forward or dQ tile is listed: at head dim 128 with the position-bound masked rule the forward's w4 s2 spills
+# 136 B (w4 s1 32 B, w8 s2 88 B) and dQ's w8 s2 8 B (w4 s2 192 B); the spill-free one-stage tiles (fwd w8 s1;
+# dQ w8 s1 at 128, not 96) lose the async copies (CHANGES.md, "Masked tiles"). 128-wide key tiles are not
+# listed for the forward: its 128x128 (2 or 3 stages) spills at head dim 64 and 128
+# (benchmarks/results/static/perf/sm90_3_*fwd*_d64.md, sm90_5_*).
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    "fwd": [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 2)],
-    "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+    "fwd": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2)],
+    "dq": [(128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
     "dkdv": [(32, 128, 8, 2), (32, 64, 8, 2)],
 }
 
