@@ -626,19 +626,37 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
                 key_start, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
                 DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                SPLIT_STATS: tl.constexpr):
+                SPLIT_STATS: tl.constexpr, BEFORE: tl.constexpr = False):
+    """Row blocks [m_lo, m_hi) of one key block, in the transposed orientation ([BLOCK_N keys, BLOCK_M rows]).
+    Masked loops: BEFORE (rows at or after every key: the loop above the fully allowed rows, see
+    `_query_block_ranges`) needs only the document bound; else plain MMA evaluates `_allowed_span`
+    (operands broadcast [1, M] x [N, 1]), groups or a window `_allowed`."""
     offs_d = tl.arange(0, BLOCK_D)
     off = Lk - Lq
     if MASKED:  # the keys' fields are loaded here, live only across a masked loop (not the group loop)
-        k_pos = key_start + tl.arange(0, BLOCK_N)
-        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        offs_n = tl.arange(0, BLOCK_N)
+        k_pos = key_start + offs_n
+        if BEFORE:
+            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, key_start, offs_n, Lk, False)
+        else:
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
     for m in range(m_lo, m_hi):
         start = m * BLOCK_M
         offs_m = tl.arange(0, BLOCK_M)
         rows = start + offs_m
         row_ok = rows < Lq
         if MASKED:  # padding query rows (only ever in masked tiles) load as 0, whatever q/dO hold
-            q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
+            if BEFORE:
+                q_doc = tl.load(meta_b + rows + off, mask=row_ok, other=-2)
+                q_doc = tl.where(q_doc < 0, -2, q_doc)
+            elif not (HAS_GROUPS or HAS_WINDOW):
+                q_doc = tl.load(meta_b + rows + off, mask=row_ok, other=-2)
+                q_bits = tl.load(meta_b + 3 * smf + rows + off, mask=row_ok, other=0)
+                q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, rows + off, row_ok, q_doc, Lk)
+            else:
+                q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
             row_ok = row_ok & (q_doc >= 0)
         tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
         q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
@@ -652,9 +670,15 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
         else:
             pT = tl.math.exp2(qkT - lse2[None, :])
         if MASKED:
-            ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
-                          q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
-                          k_grp[:, None], window, HAS_GROUPS, HAS_WINDOW)
+            if BEFORE:
+                ok = _allowed_before(k_doc[:, None], q_doc[None, :])
+            elif not (HAS_GROUPS or HAS_WINDOW):
+                ok = _allowed_span((q_pos - key_start)[None, :], (q_lo - key_start)[None, :], (q_hi - key_start)[None, :],
+                                   q_bits[None, :], offs_n[:, None], k_eff[:, None], k_bit[:, None])
+            else:
+                ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
+                              q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
+                              k_grp[:, None], window, HAS_GROUPS, HAS_WINDOW)
             pT = tl.where(ok, pT, 0.0)
         dv = _mm(_cast(pT, do.dtype, UPCAST), do, dv, DOT_PREC, UPCAST)
         dpT = _mm(v, tl.trans(do), None, DOT_PREC, UPCAST)
@@ -730,7 +754,8 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                              sqm, sdm, meta_b, smf,
                              key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                             not HAS_WINDOW)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tile_ok = (key_start + offs_n < Lk)[:, None] & (offs_d < D)[None, :]  # recomputed: not live across the loops
