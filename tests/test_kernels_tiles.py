@@ -84,6 +84,8 @@ def check(mod, seg, doc, policy, Lq, BM, BN):
                 k_visited += inside
                 if f_lo <= m < f_hi:
                     assert tile[row_valid[b, m * BM:(m + 1) * BM]].all(), f"tile ({m}, {n}) unmasked in dK/dV but not fully allowed"
+                if f_hi <= m < m_hi:  # the masked loop above: rows at or after every key (the document rule)
+                    assert m * BM + off >= min((n + 1) * BN, Lk) - 1, f"tile ({m}, {n}) above the diagonal holds a later key"
     return visited, work, k_visited, k_work
 
 

@@ -49,7 +49,8 @@ def mask_functions():
     """The kernel helpers that evaluate the per-element rule: a loop running one of them is `masked`."""
     from mma_kernels.ops import triton_kernels as tk
 
-    return [getattr(tk, n) for n in ("_allowed", "_allowed_before", "_allowed_span", "_allowed_causal") if hasattr(tk, n)]
+    return [getattr(tk, n) for n in ("_allowed", "_allowed_before", "_allowed_span", "_allowed_causal",
+                                    "_allowed_doc_span") if hasattr(tk, n)]
 
 
 def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=()):

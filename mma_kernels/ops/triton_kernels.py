@@ -116,6 +116,16 @@ def _allowed_causal(q_pos, k_pos):
 
 
 @triton.jit
+def _allowed_doc_span(q_pos, q_doc, q_hi, q_bits, k_pos, k_doc, k_bit):
+    """`_allowed_span`'s rule with the lower bound taken by document instead of KV_LO, on broadcastable operands
+    (either [M,1]x[1,N] or [1,M]x[N,1]), positions relative to any common origin: the key lies in the row's
+    document (DOC: padding keys hold -1, padding rows and rows past Lq -2, never equal) and
+    ``k <= (QBITS & k_bit ? KV_HI : q)``. No KV_LO per row and no k_eff per key: the dK/dV kernel's masked
+    loop below the fully allowed rows reads DOC, KV_HI, QBITS per row and DOC, KMOD per key."""
+    return (q_doc == k_doc) & (k_pos <= tl.where((q_bits & k_bit) != 0, q_hi, q_pos))
+
+
+@triton.jit
 def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
     """Position, KV_LO and KV_HI of the rows as `_allowed_span` takes them: padding rows and rows past Lq
     (DOC < 0) get all three = Lk (KV_LO is Lk there already; their QBITS are 0)."""
@@ -674,19 +684,38 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
                 key_start, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
                 DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                SPLIT_STATS: tl.constexpr):
+                SPLIT_STATS: tl.constexpr, BEFORE: tl.constexpr = False):
+    """Row blocks [m_lo, m_hi) of one key block, in the transposed orientation ([BLOCK_N keys, BLOCK_M rows]).
+    Masked loops: BEFORE (rows at or after every key: the loop above the fully allowed rows, see
+    `_query_block_ranges`: in that case only when the block has fully allowed rows) needs only the document
+    bound; else plain MMA evaluates `_allowed_doc_span` (operands broadcast [1, M] x [N, 1]), groups or a
+    window `_allowed`."""
     offs_d = tl.arange(0, BLOCK_D)
     off = Lk - Lq
     if MASKED:  # the keys' fields are loaded here, live only across a masked loop (not the group loop)
-        k_pos = key_start + tl.arange(0, BLOCK_N)
-        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        offs_n = tl.arange(0, BLOCK_N)
+        k_pos = key_start + offs_n
+        if BEFORE:
+            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+        elif not (HAS_GROUPS or HAS_WINDOW):
+            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
+            k_bit = 1 << tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
+        else:
+            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
     for m in range(m_lo, m_hi):
         start = m * BLOCK_M
         offs_m = tl.arange(0, BLOCK_M)
         rows = start + offs_m
         row_ok = rows < Lq
         if MASKED:  # padding query rows (only ever in masked tiles) load as 0, whatever q/dO hold
-            q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
+            if BEFORE or not (HAS_GROUPS or HAS_WINDOW):
+                q_doc = tl.load(meta_b + rows + off, mask=row_ok, other=-2)
+                q_doc = tl.where(q_doc < 0, -2, q_doc)
+                if not BEFORE:
+                    q_hi = tl.load(meta_b + 5 * smf + rows + off, mask=row_ok, other=0)
+                    q_bits = tl.load(meta_b + 3 * smf + rows + off, mask=row_ok, other=0)
+            else:
+                q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
             row_ok = row_ok & (q_doc >= 0)
         tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
         q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
@@ -700,9 +729,15 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
         else:
             pT = tl.math.exp2(qkT - lse2[None, :])
         if MASKED:
-            ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
-                          q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
-                          k_grp[:, None], window, HAS_GROUPS, HAS_WINDOW)
+            if BEFORE:
+                ok = _allowed_before(k_doc[:, None], q_doc[None, :])
+            elif not (HAS_GROUPS or HAS_WINDOW):
+                ok = _allowed_doc_span((rows + off - key_start)[None, :], q_doc[None, :], (q_hi - key_start)[None, :],
+                                       q_bits[None, :], offs_n[:, None], k_doc[:, None], k_bit[:, None])
+            else:
+                ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
+                              q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
+                              k_grp[:, None], window, HAS_GROUPS, HAS_WINDOW)
             pT = tl.where(ok, pT, 0.0)
         dv = _mm(_cast(pT, do.dtype, UPCAST), do, dv, DOT_PREC, UPCAST)
         dpT = _mm(v, tl.trans(do), None, DOT_PREC, UPCAST)
@@ -778,7 +813,8 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                              sqm, sdm, meta_b, smf,
                              key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                             not HAS_WINDOW)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tile_ok = (key_start + offs_n < Lk)[:, None] & (offs_d < D)[None, :]  # recomputed: not live across the loops
