@@ -123,6 +123,38 @@ def look_tiles(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
     return count
 
 
+def _row_fields(mask: MMAMask, Lq: int, BM: int, field: int, other: int) -> torch.Tensor:
+    """A per-row field of the query rows laid out [B, nqb, BM]; rows past Lq read `other`."""
+    meta = mask.meta.long()
+    off = meta.shape[-1] - Lq
+    nqb = _cdiv(Lq, BM)
+    rows = torch.arange(nqb * BM).view(nqb, BM)
+    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
+    return torch.where(rows < Lq, meta[:, field, idx].view(-1, nqb, BM), other)
+
+
+def diagonal_kinds(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
+    """`_diagonal_kind` for every query row block, int64 [B, nqb]: which rule the diagonal tiles [f_hi, c_hi)
+    run with: 0 the general one (look-ahead bits, or groups), 1 the causal form of `_allowed_span`, 2 plain
+    causal (no padding among those keys, every row's document starting at or before them)."""
+    _, _, f_hi, c_hi, _, _ = split
+    Lk = mask.seq_len
+    padcum = mask.padcum.long()
+    a = (f_hi * BN).clamp(max=Lk)
+    b = torch.maximum((c_hi * BN).clamp(max=Lk), a)
+    pads = padcum.gather(1, b) - padcum.gather(1, a)
+    doc = _row_fields(mask, Lq, BM, DOC, -2)
+    lo = torch.where(doc >= 0, _row_fields(mask, Lq, BM, KV_LO, Lk), 0).amax(-1)
+    inside = (lo <= f_hi * BN) & (c_hi * BN <= Lk)
+    bits = _row_fields(mask, Lq, BM, QBITS, 0)
+    if mask.has_groups:
+        bits = bits | _row_fields(mask, Lq, BM, GBITS, 0)
+    no_look = (bits != 0).sum(-1) == 0
+    if mask.has_groups:
+        no_look = torch.zeros_like(no_look)
+    return torch.where(no_look, torch.where((pads == 0) & inside, 2, 1), 0)
+
+
 def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Tensor, ...]:
     """`_query_block_ranges` for every key block: (m_lo, f_lo, f_hi, m_hi), each int64 [B, nkb]."""
     meta, padcum = mask.meta.long(), mask.padcum.long()
@@ -160,6 +192,22 @@ def loop_counts(lo, f_lo, f_hi, hi, look=None) -> Tuple[List[int], int]:
     n = lambda a, b: int((b - a).clamp(min=0).sum())  # noqa: E731  (a Python range(a, b) runs max(0, b - a) times)
     masked = [n(lo, f_lo), n(f_hi, hi)] + ([int(look.sum())] if look is not None else [])
     return masked, n(f_lo, f_hi)
+
+
+# the forward's and dQ's masked loops in code order (the order `python -m benchmarks.static` finds them)
+QUERY_LOOPS = ("before", "causal diagonal", "diagonal", "span-causal diagonal", "look-ahead")
+
+
+def query_loop_counts(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> Tuple[List[int], int]:
+    """The forward's and dQ's tiles per masked loop (`QUERY_LOOPS`: the diagonal tiles [f_hi, c_hi) split by
+    `diagonal_kinds`), and plain tiles."""
+    n_lo, f_lo, f_hi, c_hi, _, _ = split
+    (before, diag, look), plain = loop_counts(n_lo, f_lo, f_hi, c_hi, look_tiles(mask, Lq, BM, BN, split))
+    kind = diagonal_kinds(mask, Lq, BM, BN, split)
+    per = (c_hi - f_hi).clamp(min=0)
+    by = [int(per[kind == k].sum()) for k in (2, 0, 1)]
+    assert sum(by) == diag
+    return [before] + by + [look], plain
 
 
 def loop_tiles(lo, f_lo, f_hi, hi, look=None) -> Tuple[int, int]:
@@ -271,7 +319,7 @@ def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
                 loops, plain = loop_counts(*key_side_ranges(mask, seqlen, BM, BN))
             else:
                 split = lookahead_split(mask, seqlen, BM, BN, query_side_ranges(mask, seqlen, BM, BN))
-                loops, plain = loop_counts(*split[:4], look_tiles(mask, seqlen, BM, BN, split))
+                loops, plain = query_loop_counts(mask, seqlen, BM, BN, split)
             masked = sum(loops)
             mn = minimum[(BM, BN)]
             rec = dict(layout=layout.name, seqlen=seqlen, batch=B, kernel=kind, block_m=BM, block_n=BN,

@@ -13,7 +13,8 @@ from benchmarks.layouts import LAYOUTS as BENCH_LAYOUTS
 from benchmarks.layouts import make_layout as bench_layout
 from helpers import random_layout
 from mma_kernels import MMAMask
-from mma_kernels.ops.triton_kernels import _key_block_ranges, _query_block_ranges
+from mma_kernels.ops.triton_kernels import (_diagonal_kind, _key_block_ranges, _load_query_fields, _lookahead_split,
+                                            _query_block_ranges)
 
 
 @triton.jit
@@ -105,15 +106,52 @@ def test_loop_counts_split_the_masked_tiles_per_loop_and_feed_the_cost_model():
     recs, _ = tiles.count_case(lay, 2048)
     assert {r["kernel"] for r in recs} == {"fwd", "dq", "dkdv"}
     for r in recs:
-        assert len(r["masked_loops"]) == (2 if r["kernel"] == "dkdv" else 3)
+        assert len(r["masked_loops"]) == (2 if r["kernel"] == "dkdv" else len(tiles.QUERY_LOOPS))
         assert sum(r["masked_loops"]) == r["masked"] and r["visited"] == r["masked"] + r["plain"]
-        assert min(r["masked_loops"]) > 0 and r["plain"] > 0  # packed documents: every loop runs
+        assert r["masked_loops"][0] > 0 and r["masked_loops"][-1] > 0 and r["plain"] > 0
     fwd = next(r for r in recs if r["kernel"] == "fwd")
-    static = dict(num_warps=8, num_stages=3, loops=[dict(kind="masked", instructions=500), dict(kind="plain", instructions=100),
-                                                    dict(kind="masked", instructions=700), dict(kind="masked", instructions=900)])
+    assert fwd["masked_loops"][1] > 0 and fwd["masked_loops"][2] > 0  # causal and look-ahead diagonals both run
+    cost = (500, 400, 700, 600, 900)
+    static = dict(num_warps=8, num_stages=3, loops=[dict(kind="masked", instructions=cost[0]),
+                                                    dict(kind="plain", instructions=100)]
+                  + [dict(kind="masked", instructions=c) for c in cost[1:]])
     row = cost_row(fwd, static)
-    want = 100 * fwd["plain"] + sum(c * i for c, i in zip(fwd["masked_loops"], (500, 700, 900)))
+    want = 100 * fwd["plain"] + sum(c * i for c, i in zip(fwd["masked_loops"], cost))
     assert row["instructions"] == want
     assert row["over_all_plain"] == round(want / (100 * fwd["visited"]), 3)
     static["loops"] = static["loops"][:2]  # a loop structure that does not line up is not joined
     assert cost_row(fwd, static) is None
+
+
+@triton.jit
+def _diag(META, PADCUM, OUT, smb, smf, spb, Lq, Lk, NQB, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    i = tl.program_id(0)
+    b = tl.program_id(1)
+    meta_b = META + b * smb
+    pad_b = PADCUM + b * spb
+    rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = rows < Lq
+    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + Lk - Lq, ok, False)
+    q_lo = tl.load(meta_b + 4 * smf + rows + Lk - Lq, mask=ok, other=Lk)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, i * BLOCK_M, Lq, Lk, BLOCK_M, BLOCK_N)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, i * BLOCK_M, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
+    tl.store(OUT + b * NQB + i, _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, False, False))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_diagonal_kinds_replica_matches_the_kernels(seed):
+    """`diagonal_kinds` (which rule each row block's diagonal tiles run with) equals the kernels'
+    `_diagonal_kind`, on random layouts with padding, documents and short queries."""
+    rng = random.Random(seed)
+    B, L = 2, rng.choice([97, 130, 257])
+    Lq = rng.choice([L, L // 2 + 1])
+    mod, seg, doc = random_layout(rng, B, L)
+    mask = MMAMask(mod, seg, doc)
+    BM, BN = rng.choice([(32, 32), (64, 32), (32, 64)])
+    nqb = triton.cdiv(Lq, BM)
+    out = torch.full((B, nqb), -9, dtype=torch.int32)
+    _diag[(nqb, B)](mask.meta, mask.padcum, out, mask.meta.stride(0), mask.meta.stride(1), mask.padcum.stride(0),
+                    Lq, L, nqb, BLOCK_M=BM, BLOCK_N=BN)
+    split = tiles.lookahead_split(mask, Lq, BM, BN, tiles.query_side_ranges(mask, Lq, BM, BN))
+    want = tiles.diagonal_kinds(mask, Lq, BM, BN, split)
+    assert torch.equal(out.long(), want), (out, want)
