@@ -323,6 +323,46 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
     return m_lo, f_lo, f_hi, m_hi
 
 
+@triton.jit
+def _tile_key_fields(meta_b, smf, start, offs_n, Lk, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                     BEFORE: tl.constexpr, AFTER: tl.constexpr, NOPAD: tl.constexpr):
+    """The key fields a masked query-side tile's rule reads (`_tile_allowed`; fields it does not read hold a
+    placeholder), and which keys are real (not padding, before Lk)."""
+    k_pos = start + offs_n
+    k_doc, k_seg, k_mod, k_grp, k_eff, k_bit = k_pos, k_pos, k_pos, k_pos, k_pos, k_pos  # placeholders
+    if BEFORE:  # inside [0, Lk): no key bound
+        k_doc = tl.load(meta_b + k_pos)
+        k_real = k_doc >= 0
+    elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): no key field, no load mask
+        k_real = k_pos < Lk  # unused
+    elif not (HAS_GROUPS or HAS_WINDOW):
+        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
+    else:
+        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        k_real = k_doc >= 0  # -1 past Lk too
+    return k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real
+
+
+@triton.jit
+def _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
+                  k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                  BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr, NOPAD: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] allowed pairs of a masked query-side tile (forward, dQ), by the cheapest exact rule
+    for the loop it is in: BEFORE document equality, NOPAD plain causal, plain MMA `_allowed_span`, groups or a
+    window `_allowed`."""
+    if BEFORE:
+        return _allowed_before(k_doc[None, :], q_doc[:, None])
+    elif NOPAD:
+        return _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
+    elif not (HAS_GROUPS or HAS_WINDOW):
+        return _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                             q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
+    else:
+        return _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
+                        q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
+                        k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
+
+
 # ----------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
@@ -339,17 +379,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:
-        k_pos = start + offs_n
-        if BEFORE:  # inside [0, Lk): no key bound
-            k_doc = tl.load(meta_b + k_pos)
-            k_real = k_doc >= 0
-        elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): no key field, no load mask
-            k_real = k_pos < Lk  # unused
-        elif not (HAS_GROUPS or HAS_WINDOW):
-            k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
-        else:
-            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-            k_real = k_doc >= 0  # -1 past Lk too
+        k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
+            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
         # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
         # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
         if BEFORE or NOPAD:
@@ -361,17 +392,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST)
     # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
     if MASKED:
-        if BEFORE:
-            ok = _allowed_before(k_doc[None, :], q_doc[:, None])
-        elif NOPAD:
-            ok = _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
-        elif not (HAS_GROUPS or HAS_WINDOW):
-            ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
-                               q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
-        else:
-            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
-                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
-                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
+        ok = _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
+                           k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, LOOK, NOPAD)
         qk = tl.where(ok, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -510,17 +532,8 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
     v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys load K and V as 0: both meet p = 0 in a product (dS @ K, dO @ V^T)
-        k_pos = start + offs_n
-        if BEFORE:  # inside [0, Lk): no key bound
-            k_doc = tl.load(meta_b + k_pos)
-            k_real = k_doc >= 0
-        elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): no key field, no load mask
-            k_real = k_pos < Lk  # unused
-        elif not (HAS_GROUPS or HAS_WINDOW):
-            k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
-        else:
-            k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
-            k_real = k_doc >= 0  # -1 past Lk too
+        k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
+            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
         if NOPAD:
             k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
             v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
@@ -536,17 +549,8 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     else:
         p = tl.math.exp2(qk - lse2[:, None])
     if MASKED:
-        if BEFORE:
-            ok = _allowed_before(k_doc[None, :], q_doc[:, None])
-        elif NOPAD:
-            ok = _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
-        elif not (HAS_GROUPS or HAS_WINDOW):
-            ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
-                               q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
-        else:
-            ok = _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
-                          q_gbits[:, None], k_pos[None, :], k_doc[None, :], k_seg[None, :], k_mod[None, :],
-                          k_grp[None, :], window, HAS_GROUPS, HAS_WINDOW)
+        ok = _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
+                           k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, LOOK, NOPAD)
         p = tl.where(ok, p, 0.0)
     dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
     if DELTA_PASS:
