@@ -69,18 +69,25 @@ def query_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.T
     return n_lo, torch.where(full, f_lo, n_hi), torch.where(full, f_hi, n_hi), n_hi
 
 
+def _row_fields(mask: MMAMask, Lq: int, BM: int, field: int, other: int) -> torch.Tensor:
+    """A per-row field of the query rows laid out [B, nqb, BM]; rows past Lq read `other`."""
+    meta = mask.meta.long()
+    off = meta.shape[-1] - Lq
+    nqb = _cdiv(Lq, BM)
+    rows = torch.arange(nqb * BM).view(nqb, BM)
+    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
+    return torch.where(rows < Lq, meta[:, field, idx].view(-1, nqb, BM), other)
+
+
 def lookahead_split(mask: MMAMask, Lq: int, BM: int, BN: int, ranges) -> Tuple[torch.Tensor, ...]:
     """`_lookahead_split` on `query_side_ranges`: the forward's and dQ's four loop bounds
     (n_lo, f_lo, f_hi, c_hi, a_lo, n_hi): masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi),
     masked [a_lo, n_hi); key blocks [c_hi, a_lo) are skipped."""
     n_lo, f_lo, f_hi, n_hi = ranges
-    meta = mask.meta.long()
-    Lk = meta.shape[-1]
+    Lk = mask.seq_len
     off = Lk - Lq
     nqb = _cdiv(Lq, BM)
-    rows = torch.arange(nqb * BM).view(nqb, BM)
-    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
-    la = torch.where(rows < Lq, meta[:, LA_LO, idx].view(-1, nqb, BM), Lk).amin(-1)
+    la = _row_fields(mask, Lq, BM, LA_LO, Lk).amin(-1)
     last = (torch.arange(nqb) * BM + BM).clamp(max=Lq) - 1 + off
     c_hi = torch.maximum(torch.minimum(last // BN + 1, n_hi), n_lo)
     a_lo = torch.where(la < Lk, torch.maximum(la, last + 1) // BN, n_hi)
@@ -96,15 +103,9 @@ def look_tiles(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
     from a_lo to n_hi, hopping with `_next_look_block` over runs of modalities no row of the block looks at."""
     _, _, _, _, a_lo, n_hi = split
     meta = mask.meta.long()
-    Lk = meta.shape[-1]
-    off = Lk - Lq
-    nqb = _cdiv(Lq, BM)
-    rows = torch.arange(nqb * BM).view(nqb, BM)
-    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
-    bits = meta[:, QBITS, idx]
+    bits = _row_fields(mask, Lq, BM, QBITS, 0)
     if mask.has_groups:
-        bits = bits | meta[:, GBITS, idx]
-    bits = torch.where(rows < Lq, bits.view(-1, nqb, BM), 0)
+        bits = bits | _row_fields(mask, Lq, BM, GBITS, 0)
     k = torch.arange(31)
     bits = ((((bits[..., None] >> k) & 1).amax(-2)) << k).sum(-1)  # OR over the block's rows
 
@@ -121,16 +122,6 @@ def look_tiles(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
         count += live.long()
         n = torch.where(live, nxt(n + 1), n)
     return count
-
-
-def _row_fields(mask: MMAMask, Lq: int, BM: int, field: int, other: int) -> torch.Tensor:
-    """A per-row field of the query rows laid out [B, nqb, BM]; rows past Lq read `other`."""
-    meta = mask.meta.long()
-    off = meta.shape[-1] - Lq
-    nqb = _cdiv(Lq, BM)
-    rows = torch.arange(nqb * BM).view(nqb, BM)
-    idx = (off + rows.clamp(max=Lq - 1)).view(-1)
-    return torch.where(rows < Lq, meta[:, field, idx].view(-1, nqb, BM), other)
 
 
 def diagonal_kinds(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
