@@ -231,6 +231,20 @@ def register() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- apply_mma
+# What transformers has called the KV cache in `forward`/`generate` kwargs: `past_key_values` up to 5.23,
+# `cache` from 5.24 (`past_key_values` still accepted there, deprecated until 5.40).
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+def _cache_of(kw):
+    """The KV cache of a forward call, whatever this transformers calls it (None if absent)."""
+    for name in CACHE_NAMES:
+        c = kw.get(name, None)
+        if c is not None:
+            return c
+    return None
+
+
 def _past_length(past_key_values) -> int:
     if past_key_values is None:
         return 0
@@ -421,7 +435,7 @@ def _wrap(model, state):
         if x is None:
             raise ValueError("input_ids or inputs_embeds: one is required")
         B, q_len = x.shape[0], x.shape[1]
-        past_len = _past_length(kw.get("past_key_values", None))
+        past_len = _past_length(_cache_of(kw))
         if past_len == 0:
             group_ids = _own_groups(model, kw, group_ids)
         if modality_ids is None:
