@@ -88,6 +88,12 @@ def mma_mask_interface(batch_size, q_length=None, kv_length=None, q_offset=None,
     q_offset, kv_offset = _as_int(q_offset), _as_int(kv_offset)
     # a sliding-window cache past its window holds only the last keys (kv_offset > 0): the attention
     # function fits the mask to them; queries must still be the last keys the layer holds
+    if isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset + q_length > kv_offset + kv_length:
+        raise ValueError(
+            f"attn_implementation='mma': the queries' cache position (q_offset={q_offset}, q_length={q_length}) is "
+            f"past the {kv_offset + kv_length} keys the cache holds: transformers before 5.3 advances cache_position "
+            f"twice after a chunked prefill (prefill_chunk_size), which would shift every decoding position; "
+            f"upgrade transformers to 5.3 or later, or generate without prefill_chunk_size")
     if isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset + q_length != kv_offset + kv_length:
         raise ValueError(
             f"attn_implementation='mma': queries must be the last keys (q_offset + q_length == kv_offset + "
