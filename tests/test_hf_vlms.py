@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import check_vlm_classes as cv  # noqa: E402
 import tiny_vlms as tv  # noqa: E402
-from test_hf_helpers import _one_thread  # noqa: E402,F401
+from test_hf_helpers import _one_thread, disable_checkpointing, enable_checkpointing  # noqa: E402,F401
 
 from mma_kernels import MMADataCollatorWithFlattening, apply_mma  # noqa: E402
 from mma_kernels.integrations.families import sub_configs  # noqa: E402
@@ -261,13 +261,13 @@ def test_gradient_checkpointing_vlm():
         mma(**inputs, labels=labels).loss.backward()
         ref = {n: p.grad.clone() for n, p in mma.named_parameters() if p.grad is not None}
         mma.zero_grad(set_to_none=True)
-        mma.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(mma)
         mma(**inputs, labels=labels).loss.backward()
         got = {n: p.grad for n, p in mma.named_parameters() if p.grad is not None}
         assert got.keys() == ref.keys()
         for n in ref:
             torch.testing.assert_close(got[n], ref[n], atol=1e-6, rtol=1e-5)
     finally:
-        mma.gradient_checkpointing_disable()
+        disable_checkpointing(mma)
         mma.zero_grad(set_to_none=True)
         mma.eval()
