@@ -161,7 +161,9 @@ def _mask_args(mask, win):
                                          w.stride(0), w.stride(1))
 
 
-def triton_forward(q, k, v, mask, scale, win=None, window=None):
+def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
+    if q_pos is not None:
+        raise NotImplementedError("q_pos on the Triton path")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     keep32 = q.dtype != torch.float32 and HALF_DELTA == "fp32_out"
@@ -181,7 +183,7 @@ def triton_forward(q, k, v, mask, scale, win=None, window=None):
     return o, lse, stats
 
 
-def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None, stats=None):
+def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None, stats=None, q_pos=None):
     q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     if meta["EXACT_DELTA"]:  # the dQ kernel adds rowsum(P * dP) (its own P, dP) to -dlse
@@ -232,15 +234,16 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
 
 class TritonMMAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale, win=None, window=None):
+    def forward(ctx, q, k, v, mask, scale, win=None, window=None, q_pos=None):
         if q.numel() == 0:  # empty batch or no heads: nothing to launch
             o = torch.zeros_like(q)
             lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
             stats = None
         else:
-            o, lse, stats = triton_forward(q, k, v, mask, scale, win, window)
+            o, lse, stats = triton_forward(q, k, v, mask, scale, win, window, q_pos)
         ctx.save_for_backward(q, k, v, o, lse, win, stats)
         ctx.mask, ctx.scale, ctx.window = mask, scale, window
+        ctx.q_pos = q_pos
         return o, lse
 
     @staticmethod
@@ -248,8 +251,9 @@ class TritonMMAttention(torch.autograd.Function):
         check_no_double_backward("triton")
         q, k, v, o, lse, win, stats = ctx.saved_tensors
         if q.numel() == 0:
-            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None, None
         if do is None:
             do = torch.zeros_like(o)
-        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale, win, ctx.window, stats)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale, win, ctx.window, stats,
+                                     getattr(ctx, "q_pos", None))
+        return dq, dk, dv, None, None, None, None, None
