@@ -1,0 +1,110 @@
+"""`context_parallel_attention`: the query shard stays, keys and values travel (all-gather, as Llama 3).
+
+Forward: all-gather this layer's K/V shards (the whole row's K/V, put back in row order), then one kernel
+call for this rank's query rows at their absolute positions (`q_positions`, the plan's) against the whole
+row's keys: the kernels skip every tile with no allowed pair from the mask's O(L) fields, so the work is
+this rank's allowed pairs (what the plan balances), and the softmax is complete in one pass (no partial
+results to merge). Only the local shards are saved for the backward, which all-gathers K/V again, runs the
+kernel's backward for the local queries, and returns each rank's dK/dV contributions to their owners with
+one all-to-all summed in rank order (a deterministic reduce-scatter).
+
+Why all-gather rather than ring pass-KV (`docs/distributed.md`, "Choosing", and `benchmarks/sp_cost.py`):
+the bytes moved are the same ((P-1)/P of the row's K/V per rank each way); a balanced plan gives every
+rank scattered chunks, so a ring step's key shard would be scattered too and the kernels would need key
+positions and lose their contiguous tile skipping; with GQA (Qwen2-VL: 4 KV heads for 28 query heads) the
+whole row's K/V is a small fraction of the activations. The cost is transient memory: the whole row's K/V
+of one layer (freed after the layer), which the cost model reports per shape.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..attention import _pick_backend
+from ..validation import resolve_scale
+from .checks import check_inputs
+from .comm import all_gather_cat, reduce_scatter_sum, resolve_group
+
+
+class _Ctx:
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+def _fn(backend: str):
+    if backend == "triton":
+        from ..ops.triton_ops import TritonMMAttention as Fn
+    else:
+        from ..ops.torch_ops import TorchMMAttention as Fn
+    return Fn
+
+
+def _gather_kv(k, v, group, world, order_inv):
+    """Local K/V shards [B, Hkv, Ls, D] -> the whole row's K and V [B, Hkv, L, D] in row order."""
+    kv = all_gather_cat(torch.stack([k, v]), group, world)  # [P, 2, B, Hkv, Ls, D]
+    P, _, B, H, Ls, D = kv.shape
+    kv = kv.permute(1, 2, 3, 0, 4, 5).reshape(2, B, H, P * Ls, D).index_select(3, order_inv)
+    return kv[0], kv[1]
+
+
+class _ContextParallel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, plan, group, world, rank, scale, backend, win, window):
+        order = plan.order(q.device)
+        order_inv = torch.argsort(order)
+        q_pos = plan.positions(rank, q.device)
+        kf, vf = _gather_kv(k.detach(), v.detach(), group, world, order_inv)
+        inner = _Ctx()
+        out, lse = _fn(backend).forward(inner, q.detach(), kf, vf, mask, scale, win, window, q_pos)
+        _, _, _, o_saved, lse_saved, win_saved, stats = inner.saved_tensors
+        del kf, vf, inner  # only the shards are kept
+        ctx.save_for_backward(q, k, v, o_saved, lse_saved, win_saved, stats)
+        ctx.meta = (mask, plan, group, world, order, order_inv, q_pos, scale, backend, window)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, win, stats = ctx.saved_tensors
+        mask, plan, group, world, order, order_inv, q_pos, scale, backend, window = ctx.meta
+        if dout is None:
+            dout = torch.zeros_like(out)
+        kf, vf = _gather_kv(k, v, group, world, order_inv)
+        inner = _Ctx()
+        inner.saved_tensors = (q, kf, vf, out, lse, win, stats)
+        inner.mask, inner.scale, inner.window, inner.q_pos = mask, scale, window, q_pos
+        dq, dk, dv = _fn(backend).backward(inner, dout.contiguous(), dlse)[:3]
+        B, H, L, D = dk.shape
+        Ls = L // world
+        # each rank's contribution to every owner's positions, then summed at the owner in rank order
+        dkv = torch.stack([dk, dv]).index_select(3, order).reshape(2, B, H, world, Ls, D).permute(3, 0, 1, 2, 4, 5)
+        dkv = reduce_scatter_sum(dkv, group)  # [2, B, H, Ls, D]
+        return (dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype)) + (None,) * 9
+
+
+def context_parallel_attention(q, k, v, mask, plan, group=None, *, verify: bool = True, **mma_kwargs):
+    """MMA attention of a row split across the ranks of `group` by the plan: queries stay, K/V travel.
+
+    Args:
+        q: [B, Hq, L/P, D], this rank's positions ``plan.positions(rank)`` of the row (any number of heads).
+        k, v: [B, Hkv, L/P, D], same positions, ``Hq % Hkv == 0``.
+        mask: the `MMAMask` of the *whole* row (every rank builds it from the whole row's ids: O(L) ints).
+        plan: `shard_plan(mask, P)`: balances the allowed pairs of each rank's queries.
+        group: process group or 1-D DeviceMesh (default: the default group).
+        verify: exchange the ranks' verdicts and fingerprints first (one tiny all_gather and host sync), so
+            that bad or disagreeing inputs raise on every rank instead of hanging. Default on.
+        **mma_kwargs: `mma_attention`'s ``scale``, ``return_lse``, ``backend`` ("auto", "torch", "triton"),
+            ``window``.
+
+    Returns out [B, Hq, L/P, D] (and lse [B, Hq, L/P], float32): exactly this rank's rows of the
+    single-process `mma_attention` on the whole row. Differentiable in q, k, v; dK/dV reach their owners.
+    Per rank: forward one all-gather of K/V; backward one all-gather of K/V and one all-to-all of dK/dV.
+    """
+    group, world, rank = resolve_group(group)
+    check_inputs("context_parallel_attention", q, k, v, mask, plan, group, world, rank, mma_kwargs, verify)
+    return_lse = mma_kwargs.get("return_lse", False)
+    backend = _pick_backend(mma_kwargs.get("backend", "auto"), q.device)
+    scale = resolve_scale(mma_kwargs.get("scale"), q.shape[-1])
+    window = mask.effective_window(mma_kwargs.get("window"))
+    win = mask.window_fields(window) if window is not None else None
+    out, lse = _ContextParallel.apply(q, k, v, mask, plan, group, world, rank, scale, backend, win, window)
+    return (out, lse) if return_lse else out

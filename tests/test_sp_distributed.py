@@ -1,0 +1,164 @@
+"""Sequence/context parallel ops on 2 and 4 gloo processes: outputs, lse and q/k/v gradients equal one
+process's `mma_attention` on the whole row (fp32, flash-attn tolerance rule against the fp64 oracle), on the
+CPU path and the Triton kernels (interpreter); every bad input raises a ValueError/TypeError naming the
+argument, on every rank, before any data moves (no hang). One spawn per world size runs every check."""
+import pytest
+import torch
+
+from helpers import assert_rule, plain_attention
+from oracle import allowed, attention64_with_grads
+from sp_cases import Case, run_sharded, spawn
+
+CASES = (
+    Case("packed_pad_gqa", "packed_pad", B=2, Hq=4, Hkv=2, L=48),
+    Case("groups_window_mqa", "multi_image", B=1, Hq=4, Hkv=1, L=48, window=6, groups=True, seed=1),
+    Case("triton_packed_pad", "packed_pad", B=1, Hq=4, Hkv=2, L=32, backend="triton", seed=2),
+    Case("triton_window_groups", "multi_turn", B=1, Hq=4, Hkv=4, L=32, window=5, groups=True, backend="triton",
+         seed=3),
+)
+import os
+if os.environ.get("SP_TORCH_ONLY"):
+    CASES = tuple(c for c in CASES if c.backend == "torch")
+OPS = ("ulysses", "context")
+SCALE = 0.5
+
+
+def _ops():
+    from mma_kernels.distributed import context_parallel_attention, ulysses_attention
+
+    return {"ulysses": ulysses_attention, "context": context_parallel_attention}
+
+
+def _bad_inputs(rank, world):
+    """(label, exception type name, message) per bad input, in order; then a good call still works."""
+    from mma_kernels import MMAMask
+    from mma_kernels.distributed import context_parallel_attention, shard_plan, ulysses_attention
+
+    case = Case("bad", "packed", B=1, Hq=4, Hkv=2, L=16 * world)
+    mask = case.mask()
+    plan = shard_plan(mask, world, min_chunk=2)
+    pos = plan.positions(rank)
+    q, k, v = (t.index_select(2, pos) for t in case.tensors()[:3])
+    mod, seg, doc, _ = case.ids()
+    other_mask = MMAMask(mod.flip(1), seg.flip(1), doc.flip(1))
+    mine = mod.clone()
+    mine[0, 3] = 1 - mine[0, 3] if rank == world - 1 else mine[0, 3]  # the last rank disagrees on one id
+    drift = MMAMask(mine, seg, doc)
+    short = MMAMask(mod[:, : plan.shard_len], seg[:, : plan.shard_len], doc[:, : plan.shard_len])
+    trials = {
+        "unequal_shards": lambda op: op(q[:, :, :-1] if rank == 0 else q, k, v, mask, plan),
+        "other_world_size": lambda op: op(q, k, v, mask, shard_plan(mask, world * 2)),
+        "other_mask_plan": lambda op: op(q, k, v, mask, shard_plan(other_mask, world)),
+        "heads_not_divisible": lambda op: op(q[:, :3], k[:, :1], v[:, :1], mask, plan),
+        "shard_mask": lambda op: op(q, k, v, short, plan),
+        "ranks_disagree": lambda op: op(q, k, v, drift, shard_plan(drift, world)),
+        "bad_kwarg": lambda op: op(q, k, v, mask, plan, windw=3),
+    }
+    out = []
+    for opname, op in (("ulysses", ulysses_attention), ("context", context_parallel_attention)):
+        for label, fn in trials.items():
+            try:
+                fn(op)
+                out.append((opname, label, None, ""))
+            except (ValueError, TypeError) as e:
+                out.append((opname, label, type(e).__name__, str(e)))
+        good = op(q, k, v, mask, plan)  # nothing left pending on the group
+        out.append((opname, "good_after", None, tuple(good.shape)))
+    return out
+
+
+def _worker(rank, world, cases):
+    from mma_kernels.distributed import shard_plan
+
+    res = {"bad": _bad_inputs(rank, world)}
+    for case in cases:
+        plan = shard_plan(case.mask(), world, min_chunk=2)
+        res[case.name, "positions"] = plan.positions(rank)
+        for opname, op in _ops().items():
+            res[case.name, opname] = run_sharded(op, case, plan, rank)
+    return res
+
+
+def _single(case):
+    """One process on the whole row: mma_attention's (out, lse, dq, dk, dv), the oracle's and plain PyTorch's."""
+    from mma_kernels import mma_attention
+
+    q, k, v, dout, dlse = case.tensors()
+    mask = case.mask()
+    mod, seg, doc, grp = case.ids()
+    ok = allowed(mod, seg, doc, "mma", grp=grp, window=case.window)
+    ref = attention64_with_grads(q, k, v, ok, SCALE, dout, dlse)
+    runs = {}
+    for name in ("mma", "plain"):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        if name == "mma":
+            out, lse = mma_attention(qq, kk, vv, mask, scale=SCALE, return_lse=True, window=case.window,
+                                     backend=case.backend)
+        else:
+            out, lse = plain_attention(qq, kk, vv, ok, SCALE)
+        loss = (out * dout).sum() + torch.where(torch.isfinite(lse), lse * dlse, 0.0).sum()
+        loss.backward()
+        runs[name] = [t.detach() for t in (out, lse, qq.grad, kk.grad, vv.grad)]
+    return ref, runs["mma"], runs["plain"]
+
+
+def _assemble(results, case, op):
+    full = None
+    for res in results:
+        pos = res[case.name, "positions"]
+        shards = res[case.name, op]
+        if full is None:
+            full = [torch.zeros(s.shape[:2] + (case.L,) + s.shape[3:], dtype=s.dtype) for s in shards]
+        for f, s in zip(full, shards):
+            f.index_copy_(2, pos, s)
+    return full
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2proc", "4proc"])
+def world_results(request):
+    return request.param, spawn(_worker, request.param, CASES)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_sharded_equals_single_process(world_results, case, op):
+    world, results = world_results
+    got = _assemble(results, case, op)
+    ref, mma, plain = _single(case)
+    for what, g, r, p, m in zip(("out", "lse", "dq", "dk", "dv"), got, ref, plain, mma):
+        assert_rule(what, g, r, p, torch.float32)
+        fin = torch.isfinite(m)
+        assert torch.equal(torch.isfinite(g), fin), what
+        torch.testing.assert_close(g[fin], m[fin], rtol=1e-5, atol=2e-6, msg=lambda s: f"{what} vs mma_attention: {s}")
+
+
+EXPECT = {  # label -> (exception, argument the message starts with, on the ranks where it is local)
+    "unequal_shards": ("ValueError", "q:"),
+    "other_world_size": ("ValueError", "plan:"),
+    "other_mask_plan": ("ValueError", "plan:"),
+    "heads_not_divisible": ("ValueError", "q:"),
+    "shard_mask": ("ValueError", "mask:"),
+    "ranks_disagree": ("ValueError", "mask:"),
+    "bad_kwarg": ("TypeError", "windw:"),
+}
+
+
+def test_bad_inputs_raise_on_every_rank(world_results):
+    world, results = world_results
+    for rank, res in enumerate(results):
+        for opname, label, exc, msg in res["bad"]:
+            if label == "good_after":
+                assert exc is None
+                continue
+            if label == "heads_not_divisible" and opname == "context":
+                # context parallel takes any head count: 3 query heads do not divide by 1 KV head? they do
+                assert exc is None, (rank, opname, label, msg)
+                continue
+            want_exc, prefix = EXPECT[label]
+            assert exc is not None, f"rank {rank}: {opname} accepted {label}"
+            if label == "unequal_shards" and rank != 0:  # the other ranks name the argument and rank 0
+                assert exc == "ValueError" and msg.startswith("q: rank 0"), (rank, opname, msg)
+                continue
+            assert exc == want_exc and msg.startswith(prefix), (rank, opname, label, exc, msg)
+            if label == "heads_not_divisible":
+                assert "context_parallel_attention" in msg
