@@ -63,8 +63,9 @@ class Case:
         return q, k, v, dout, dlse
 
 
-def run_sharded(op, case: Case, plan, rank: int, group=None, scale: float = 0.5):
-    """This rank's (out, lse, dq, dk, dv) shards of the op on the case."""
+def run_sharded(op, case: Case, plan, rank: int, group=None):
+    """This rank's (out, lse, dq, dk, dv) shards of the op on the case (default scale D ** -0.5)."""
+    scale = case.D ** -0.5
     pos = plan.positions(rank)
     q, k, v, dout, dlse = (t.index_select(2, pos) for t in case.tensors())
     q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
