@@ -59,5 +59,5 @@ def all_gather_cat(x: torch.Tensor, group, world: int) -> torch.Tensor:
 
 def reduce_scatter_sum(x: torch.Tensor, group) -> torch.Tensor:
     """x [P, ...] (chunk s: this rank's contribution to rank s's slice) -> the sum over ranks of their
-    contributions to this rank's slice, added in rank order (deterministic)."""
-    return _a2a(x, group).sum(dim=0)
+    contributions to this rank's slice, added in rank order (deterministic), in fp32 (returned in fp32)."""
+    return _a2a(x, group).sum(dim=0, dtype=torch.float32)

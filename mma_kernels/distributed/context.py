@@ -22,7 +22,7 @@ import torch
 from ..attention import _pick_backend
 from ..validation import resolve_scale
 from .checks import check_inputs
-from .comm import all_gather_cat, reduce_scatter_sum, resolve_group
+from .comm import reduce_scatter_sum, resolve_group
 
 
 class _Ctx:
@@ -38,46 +38,59 @@ def _fn(backend: str):
     return Fn
 
 
-def _gather_kv(k, v, group, world, order_inv):
-    """Local K/V shards [B, Hkv, Ls, D] -> the whole row's K and V [B, Hkv, L, D] in row order."""
-    kv = all_gather_cat(torch.stack([k, v]), group, world)  # [P, 2, B, Hkv, Ls, D]
-    P, _, B, H, Ls, D = kv.shape
-    kv = kv.permute(1, 2, 3, 0, 4, 5).reshape(2, B, H, P * Ls, D).index_select(3, order_inv)
-    return kv[0], kv[1]
+def _gather_kv(k, v, plan, group, world):
+    """Local K/V shards [B, Hkv, Ls, D] -> the whole row's K and V [B, Hkv, L, D] in row order. Transient:
+    the gathered shards and the row (2 x the whole row's K/V), the shards freed as they are placed."""
+    kv = torch.stack([k, v]).contiguous()
+    parts = [torch.empty_like(kv) for _ in range(world)]
+    torch.distributed.all_gather(parts, kv, group=group)
+    B, H, _, D = k.shape
+    row = kv.new_empty((2, B, H, plan.seq_len, D))
+    for r in range(world):
+        row.index_copy_(3, plan.positions(r, k.device), parts[r])
+        parts[r] = None
+    return row[0], row[1]
+
+
+def _scatter_dkv(dk, dv, plan, group, world):
+    """Each rank's dK/dV over the whole row -> the sum over ranks at this rank's positions (an all-to-all and a
+    sum in rank order: a deterministic reduce-scatter)."""
+    B, H, L, D = dk.shape
+    send = dk.new_empty((world, 2, B, H, L // world, D))
+    for r in range(world):
+        pos = plan.positions(r, dk.device)
+        send[r, 0] = dk.index_select(2, pos)
+        send[r, 1] = dv.index_select(2, pos)
+    return reduce_scatter_sum(send, group)  # [2, B, H, Ls, D]
 
 
 class _ContextParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, plan, group, world, rank, scale, backend, win, window):
-        order = plan.order(q.device)
-        order_inv = torch.argsort(order)
         q_pos = plan.positions(rank, q.device)
-        kf, vf = _gather_kv(k.detach(), v.detach(), group, world, order_inv)
+        kf, vf = _gather_kv(k.detach(), v.detach(), plan, group, world)
         inner = _Ctx()
         out, lse = _fn(backend).forward(inner, q.detach(), kf, vf, mask, scale, win, window, q_pos)
         _, _, _, o_saved, lse_saved, win_saved, stats = inner.saved_tensors
         del kf, vf, inner  # only the shards are kept
         ctx.save_for_backward(q, k, v, o_saved, lse_saved, win_saved, stats)
-        ctx.meta = (mask, plan, group, world, order, order_inv, q_pos, scale, backend, window)
+        ctx.meta = (mask, plan, group, world, q_pos, scale, backend, window)
         ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, out, lse, win, stats = ctx.saved_tensors
-        mask, plan, group, world, order, order_inv, q_pos, scale, backend, window = ctx.meta
+        mask, plan, group, world, q_pos, scale, backend, window = ctx.meta
         if dout is None:
             dout = torch.zeros_like(out)
-        kf, vf = _gather_kv(k, v, group, world, order_inv)
+        kf, vf = _gather_kv(k, v, plan, group, world)
         inner = _Ctx()
         inner.saved_tensors = (q, kf, vf, out, lse, win, stats)
         inner.mask, inner.scale, inner.window, inner.q_pos = mask, scale, window, q_pos
         dq, dk, dv = _fn(backend).backward(inner, dout.contiguous(), dlse)[:3]
-        B, H, L, D = dk.shape
-        Ls = L // world
-        # each rank's contribution to every owner's positions, then summed at the owner in rank order
-        dkv = torch.stack([dk, dv]).index_select(3, order).reshape(2, B, H, world, Ls, D).permute(3, 0, 1, 2, 4, 5)
-        dkv = reduce_scatter_sum(dkv, group)  # [2, B, H, Ls, D]
+        del inner, kf, vf
+        dkv = _scatter_dkv(dk, dv, plan, group, world)
         return (dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype)) + (None,) * 9
 
 

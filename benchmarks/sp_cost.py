@@ -1,0 +1,175 @@
+"""`python -m benchmarks.sp_cost`: an inferred cost model of the sequence-parallel attention ops (not measured).
+
+Per rank and per attention layer, for Phi-3.5-vision and Qwen2-VL-7B shapes at 128K, 256K and 1M tokens on 8
+ranks, bf16 activations:
+
+* allowed (query, key) pairs per rank, x query heads: counted exactly from the masks' O(L) fields on two
+  layouts (``aki``: packed AKI-style samples, `benchmarks/layouts.py`; ``video``: one long sample of 64-frame
+  videos, `benchmarks/sp_balance.py`): Ulysses = all pairs x Hq / P on every rank (heads are split, so the
+  work is balanced whatever the plan); context parallel = the busiest rank's queries under `shard_plan`
+  (ours), zigzag and contiguous chunking;
+* bytes each rank sends per layer (it receives as many), forward and backward, from the ops' collectives
+  (`mma_kernels/distributed`): Ulysses 4 all-to-alls each way (q, k, v, out; dout, dq, dk, dv), each moving
+  (P-1)/P of a shard, KV heads replicated to lcm(Hkv, P); context parallel (all-gather) one all-gather of the
+  K/V shards forward, one more plus one all-to-all of dK/dV backward; ring pass-KV (modeled, not built):
+  the same bytes in P-1 steps;
+* attention memory per rank per layer: what the op keeps for the backward (saved) and the largest transient
+  buffers while it runs (this implementation: context parallel holds the whole row's K/V of one layer, in
+  2 copies while gathering and reordering, and as much for dK/dV in the backward; ring would hold 2 K/V shards);
+* time, inferred from assumed hardware (H100 SXM: 400 TFLOP/s dense bf16 reached by the attention kernel,
+  NVLink 450 GB/s per direction inside a node, 8 ranks = one node), forward attention FLOPs = 4 x pairs x D
+  per head, backward = 2.5 x forward: the communication time an implementation without overlap exposes,
+  next to the attention compute time.
+
+Every figure is inferred from shapes and formulas except the pair counts, which are exact for the layouts.
+Writes benchmarks/results/sp/cost_model.{md,json} with --save.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "sp")
+
+MODELS = {  # name: (layers, query heads, kv heads, head dim)
+    "Phi-3.5-vision": (32, 32, 32, 96),
+    "Qwen2-VL-7B": (28, 28, 4, 128),
+}
+LENGTHS = (131072, 262144, 1048576)
+BYTES = 2  # bf16
+FLOPS = 400e12  # reached attention throughput, assumed
+LINK = 450e9  # NVLink bytes/s per direction, assumed
+GIB = 1 << 30
+
+
+def pairs(layout: str, L: int, P: int):
+    """Exact allowed pairs: total, and the busiest rank's queries under ours / zigzag / contiguous."""
+    from mma_kernels import MMAMask
+    from mma_kernels.distributed import shard_plan
+
+    from .sp_balance import layout_ids
+
+    mask = MMAMask(*layout_ids(layout, L))
+    out = {"total": int(mask.num_allowed().sum())}
+    for method in ("balanced", "zigzag", "contiguous"):
+        plan = shard_plan(mask, P, method=method)
+        out[method] = int(plan.work.max())
+        if method == "balanced":
+            out["plan"] = f"{plan.method}, {plan.chunk}-token chunks"
+    return out
+
+
+def ulysses(L, P, Hq, Hkv, D):
+    if Hq % P:
+        return None
+    hkv = Hkv * (P // math.gcd(Hkv, P))  # replicated KV heads
+    q = L // P * Hq * D * BYTES
+    kv = L // P * hkv * D * BYTES
+    sent = (P - 1) / P * (2 * q + 2 * kv)
+    saved = 2 * q + 2 * kv + L // P * Hq * 4  # q, k, v, out (head layout: the same bytes as a shard) + lse
+    transient = 2 * (2 * q + 2 * kv)  # exchange buffers and reordered copies
+    return dict(fwd_sent=sent, bwd_sent=sent, saved=saved, transient=transient, kv_heads_after=hkv)
+
+
+def context(L, P, Hq, Hkv, D):
+    q = L // P * Hq * D * BYTES
+    kv_shard = L // P * Hkv * D * BYTES
+    kv_row = 2 * L * Hkv * D * BYTES  # the whole row's K and V
+    gather = (P - 1) * 2 * kv_shard
+    saved = 2 * q + 2 * kv_shard + L // P * Hq * 4
+    return dict(fwd_sent=gather, bwd_sent=2 * gather, saved=saved, transient=2 * kv_row,
+                ring_transient=2 * 2 * kv_shard)
+
+
+def rows(layouts, P: int):
+    out = []
+    for L in LENGTHS:
+        counted = {lay: pairs(lay, L, P) for lay in layouts}
+        print(f"counted pairs at L={L}", file=sys.stderr, flush=True)
+        for model, (layers, Hq, Hkv, D) in MODELS.items():
+            u, c = ulysses(L, P, Hq, Hkv, D), context(L, P, Hq, Hkv, D)
+            for lay, cnt in counted.items():
+                per_head_flops = 4 * D * 3.5  # forward + backward (2.5x)
+                t_u = cnt["total"] / P * Hq * per_head_flops / FLOPS
+                t_c = cnt["balanced"] * Hq * per_head_flops / FLOPS
+                out.append(dict(
+                    model=model, L=L, P=P, layout=lay, Hq=Hq, Hkv=Hkv, D=D, layers=layers,
+                    pairs_total=cnt["total"], plan=cnt["plan"],
+                    ulysses_pairs_per_rank=None if u is None else cnt["total"] / P * Hq,
+                    cp_pairs_ours=cnt["balanced"] * Hq, cp_pairs_zigzag=cnt["zigzag"] * Hq,
+                    cp_pairs_contiguous=cnt["contiguous"] * Hq,
+                    ulysses=u, context=c,
+                    ulysses_compute_s=None if u is None else t_u, cp_compute_s=t_c,
+                    ulysses_comm_s=None if u is None else (u["fwd_sent"] + u["bwd_sent"]) / LINK,
+                    cp_comm_s=(c["fwd_sent"] + c["bwd_sent"]) / LINK,
+                ))
+    return out
+
+
+def _g(x):
+    return "n/a" if x is None else f"{x / GIB:.2f}"
+
+
+def markdown(rs, argv):
+    o = ["# Sequence-parallel attention: cost model (inferred)\n",
+         f"`python -m benchmarks.sp_cost {' '.join(argv)}` ({time.strftime('%Y-%m-%d')}). **Inferred** from shapes "
+         f"and formulas (see the script's docstring), bf16, per rank and per attention layer, 8 ranks; pair counts "
+         f"exact for the layouts; times assume {FLOPS / 1e12:.0f} TFLOP/s attention and {LINK / 1e9:.0f} GB/s "
+         f"links (one H100 node). Ulysses needs Hq divisible by the ranks: Qwen2-VL-7B's 28 heads on 8 ranks is "
+         f"n/a (the op raises and names context_parallel_attention).\n",
+         "## Communication and memory (GiB per rank per layer)\n",
+         "| model | L | Ulysses sent fwd / bwd | CP sent fwd / bwd | Ulysses saved / transient | CP saved / "
+         "transient (whole-row K/V) | ring pass-KV transient (modeled) |",
+         "| --- | ---: | --- | --- | --- | --- | --- |"]
+    seen = set()
+    for r in rs:
+        key = (r["model"], r["L"])
+        if key in seen:
+            continue
+        seen.add(key)
+        u, c = r["ulysses"], r["context"]
+        us = "n/a" if u is None else f"{_g(u['fwd_sent'])} / {_g(u['bwd_sent'])}"
+        um = "n/a" if u is None else f"{_g(u['saved'])} / {_g(u['transient'])}"
+        o.append(f"| {r['model']} | {r['L']} | {us} | {_g(c['fwd_sent'])} / {_g(c['bwd_sent'])} | {um} | "
+                 f"{_g(c['saved'])} / {_g(c['transient'])} | {_g(c['ring_transient'])} |")
+    o += ["\n## Work and time per rank per layer (forward + backward)\n",
+          "| model | L | layout | plan (ours) | pairs x Hq per rank: Ulysses | CP ours | CP zigzag | CP contiguous | "
+          "Ulysses compute / comm ms | CP compute / comm ms |",
+          "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in rs:
+        up = "n/a" if r["ulysses_pairs_per_rank"] is None else f"{r['ulysses_pairs_per_rank']:.3e}"
+        ut = "n/a" if r["ulysses_compute_s"] is None else \
+            f"{r['ulysses_compute_s'] * 1e3:.1f} / {r['ulysses_comm_s'] * 1e3:.2f}"
+        o.append(f"| {r['model']} | {r['L']} | {r['layout']} | {r['plan']} | {up} | {r['cp_pairs_ours']:.3e} | "
+                 f"{r['cp_pairs_zigzag']:.3e} | {r['cp_pairs_contiguous']:.3e} | {ut} | "
+                 f"{r['cp_compute_s'] * 1e3:.1f} / {r['cp_comm_s'] * 1e3:.2f} |")
+    return "\n".join(o) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sp_cost", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", type=int, default=8)
+    p.add_argument("--layouts", default="aki,video")
+    p.add_argument("--save", action="store_true", help="write benchmarks/results/sp/cost_model.{md,json}")
+    a = p.parse_args(argv)
+    rs = rows(a.layouts.split(","), a.ranks)
+    md = markdown(rs, argv)
+    print(md)
+    if a.save:
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, "cost_model.json"), "w") as f:
+            json.dump(dict(inferred=True, flops=FLOPS, link_bytes_s=LINK, rows=rs), f, indent=1)
+        with open(os.path.join(RESULTS, "cost_model.md"), "w") as f:
+            f.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
