@@ -62,10 +62,25 @@ def _bad_inputs(rank, world):
     return out
 
 
+def _readme_snippet(rank, world):
+    """The README's (and docs/distributed.md's) torchrun snippet, run as pasted on this rank."""
+    import contextlib
+    import io
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```py\n(.*?)```", text, re.S) if "torchrun" in b)
+    ns = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(block, "README.md sp block", "exec"), ns)
+    return [(ns[n] - ns["ref"]).abs().max().item() for n in ("out_u", "out_c")] + [ns["ql"].grad is not None]
+
+
 def _worker(rank, world, cases):
     from mma_kernels.distributed import shard_plan
 
-    res = {"bad": _bad_inputs(rank, world)}
+    res = {"bad": _bad_inputs(rank, world), "readme": _readme_snippet(rank, world)}
     for case in cases:
         plan = shard_plan(case.mask(), world, min_chunk=2)
         res[case.name, "positions"] = plan.positions(rank)
@@ -158,3 +173,10 @@ def test_bad_inputs_raise_on_every_rank(world_results):
             assert exc == want_exc and msg.startswith(prefix), (rank, opname, label, exc, msg)
             if label == "heads_not_divisible":
                 assert "context_parallel_attention" in msg
+
+
+def test_readme_snippet_matches_one_process(world_results):
+    world, results = world_results
+    for rank, res in enumerate(results):
+        du, dc, has_grad = res["readme"]
+        assert du < 1e-5 and dc < 1e-5 and has_grad, (rank, res["readme"])
