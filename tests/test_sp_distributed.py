@@ -15,13 +15,26 @@ CASES = (
     Case("triton_packed_pad_groups_window", "packed_pad", B=1, Hq=4, Hkv=2, L=32, window=5, groups=True,
          backend="triton", seed=2),
 )
-OPS = ("ulysses", "context")
+OPS = ("ulysses", "context", "hybrid")  # hybrid: Ulysses over pairs of ranks, context parallel across (4 ranks)
 
 
-def _ops():
+def _ops(world):
+    import torch.distributed as dist
+
     from mma_kernels.distributed import context_parallel_attention, ulysses_attention
 
-    return {"ulysses": ulysses_attention, "context": context_parallel_attention}
+    ops = {"ulysses": ulysses_attention, "context": context_parallel_attention}
+    if world == 4:  # ranks 2c + u: Ulysses groups {0, 1}, {2, 3}; context-parallel groups {0, 2}, {1, 3}
+        rank = dist.get_rank()
+        uls = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+        cps = [dist.new_group([0, 2]), dist.new_group([1, 3])]
+        ug, cg = uls[rank // 2], cps[rank % 2]
+
+        def hybrid(q, k, v, mask, plan, group=None, **kw):
+            return context_parallel_attention(q, k, v, mask, plan, cg, ulysses_group=ug, **kw)
+
+        ops["hybrid"] = hybrid
+    return ops
 
 
 def _bad_inputs(rank, world):
@@ -81,12 +94,35 @@ def _worker(rank, world, cases):
     from mma_kernels.distributed import shard_plan
 
     res = {"bad": _bad_inputs(rank, world), "readme": _readme_snippet(rank, world)}
+    ops = _ops(world)
     for case in cases:
         plan = shard_plan(case.mask(), world, min_chunk=2)
         res[case.name, "positions"] = plan.positions(rank)
-        for opname, op in _ops().items():
+        for opname, op in ops.items():
             res[case.name, opname] = run_sharded(op, case, plan, rank)
+    if "hybrid" in ops:
+        res["bad_hybrid"] = _bad_hybrid(rank, world, ops["hybrid"])
     return res
+
+
+def _bad_hybrid(rank, world, hybrid):
+    """Combined Ulysses + context parallel: 3 heads on Ulysses pairs, and one rank's input bad: every rank raises."""
+    from mma_kernels.distributed import shard_plan
+
+    case = Case("bad", "packed", B=1, Hq=4, Hkv=2, L=16 * world)
+    mask = case.mask()
+    plan = shard_plan(mask, world, min_chunk=2)
+    q, k, v = (t.index_select(2, plan.positions(rank)) for t in case.tensors()[:3])
+    out = []
+    for label, fn in (("heads", lambda: hybrid(q[:, :3], k[:, :1], v[:, :1], mask, plan)),
+                      ("one_rank_short", lambda: hybrid(q[:, :, :-1] if rank == 3 else q, k, v, mask, plan))):
+        try:
+            fn()
+            out.append((label, None, ""))
+        except (ValueError, TypeError) as e:
+            out.append((label, type(e).__name__, str(e)))
+    out.append(("good_after", None, tuple(hybrid(q, k, v, mask, plan).shape)))
+    return out
 
 
 def _single(case):
@@ -134,6 +170,8 @@ def world_results(request):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_sharded_equals_single_process(world_results, case, op):
     world, results = world_results
+    if op == "hybrid" and world != 4:
+        pytest.skip("Ulysses x context parallel runs on 4 ranks (2 x 2)")
     got = _assemble(results, case, op)
     ref, mma, plain = _single(case)
     for what, g, r, p, m in zip(("out", "lse", "dq", "dk", "dv"), got, ref, plain, mma):
@@ -180,3 +218,16 @@ def test_readme_snippet_matches_one_process(world_results):
     for rank, res in enumerate(results):
         du, dc, has_grad = res["readme"]
         assert du < 1e-5 and dc < 1e-5 and has_grad, (rank, res["readme"])
+
+
+def test_bad_inputs_hybrid(world_results):
+    world, results = world_results
+    if world != 4:
+        pytest.skip("4 ranks")
+    for rank, res in enumerate(results):
+        got = {label: (exc, msg) for label, exc, msg in res["bad_hybrid"]}
+        assert got["heads"][0] == "ValueError" and "ulysses_group" in got["heads"][1], (rank, got["heads"])
+        exc, msg = got["one_rank_short"]
+        assert exc == "ValueError", (rank, msg)
+        assert msg.startswith("q: holds") if rank == 3 else msg.startswith("q: rank 3"), (rank, msg)
+        assert got["good_after"] == (None, (1, 4, 16, 16))

@@ -35,7 +35,7 @@ class _Bad(Exception):
         self.arg, self.exc = arg, exc
 
 
-def _local(op: str, q, k, v, mask, plan, world: int, kwargs: dict) -> None:
+def _local(op: str, q, k, v, mask, plan, world: int, kwargs: dict, heads_world: int = 1) -> None:
     def fail(arg, msg, cls=ValueError):
         raise _Bad(arg, cls(msg))
 
@@ -83,6 +83,9 @@ def _local(op: str, q, k, v, mask, plan, world: int, kwargs: dict) -> None:
     if op == "ulysses_attention" and Hq % world:
         fail("heads", f"q: {Hq} query heads are not divisible by the world size {world}: Ulysses splits the heads "
                       f"across ranks; use context_parallel_attention (splits the sequence only) instead")
+    if heads_world > 1 and Hq % heads_world:
+        fail("heads", f"q: {Hq} query heads are not divisible by the ulysses_group's {heads_world} ranks: Ulysses "
+                      f"splits the heads across them; use a smaller ulysses_group, or none")
     try:
         check_scale(kwargs.get("scale"))
         check_window(kwargs.get("window"))
@@ -99,43 +102,62 @@ def _local(op: str, q, k, v, mask, plan, world: int, kwargs: dict) -> None:
                      "the mask of this batch: shard_plan(mask, world_size)")
 
 
-def check_inputs(op: str, q, k, v, mask, plan, group, world: int, rank: int, kwargs: dict, verify: bool = True):
-    """Raise before any data collective if any rank's input is bad or the ranks disagree (see module doc)."""
+_DISAGREE = {
+    100: "mask: ranks disagree on the ids (mask fingerprints differ); every rank must build the mask from the same "
+         "whole row's ids",
+    101: "plan: ranks disagree on the plan; build it from the same mask and world size on every rank",
+    102: "q: ranks disagree on heads, head dim or dtype",
+}
+
+
+def check_inputs(op: str, q, k, v, mask, plan, group, world: int, rank: int, kwargs: dict, verify: bool = True,
+                 groups=None, heads_world: int = 1):
+    """Raise before any data collective if any rank's input is bad or the ranks disagree (see module doc).
+
+    `groups`: the process groups the op communicates over (default ``[group]``); the verdicts travel through
+    each in turn, so that with two groups (Ulysses inside, context parallel across) every rank hears of every
+    other before anyone raises."""
     err: Optional[_Bad] = None
     try:
-        _local(op, q, k, v, mask, plan, world, kwargs)
+        _local(op, q, k, v, mask, plan, world, kwargs, heads_world)
     except _Bad as e:
         err = e
     if not verify:
         if err is not None:
             raise err.exc
         return
-    row = torch.zeros(10, dtype=torch.int64)
+    row = torch.zeros(11, dtype=torch.int64)
     if err is not None:
         row[0] = _ARGS.index(err.arg) + 1
+        row[1] = dist.get_rank()
     else:
-        row[1:5] = mask_fingerprint(mask).cpu()
-        row[5] = plan_hash(plan)
-        row[6:10] = torch.tensor([q.shape[1], k.shape[1], q.shape[3], SUPPORTED_DTYPES.index(q.dtype)])
+        row[2:6] = mask_fingerprint(mask).cpu()
+        row[6] = plan_hash(plan)
+        row[7:11] = torch.tensor([q.shape[1], k.shape[1], q.shape[3], SUPPORTED_DTYPES.index(q.dtype)])
     dev = q.device if isinstance(q, torch.Tensor) and q.is_cuda and dist.get_backend(group) == "nccl" else "cpu"
-    rows = [torch.empty_like(row, device=dev) for _ in range(world)]
-    dist.all_gather(rows, row.to(dev), group=group)
-    rows = torch.stack(rows).cpu()
+    for g in (groups if groups is not None else [group]):
+        n = dist.get_world_size(g)
+        rows = [torch.empty_like(row, device=dev) for _ in range(n)]
+        dist.all_gather(rows, row.to(dev), group=g)
+        rows = torch.stack(rows).cpu()
+        bad = (rows[:, 0] != 0).nonzero().flatten().tolist()
+        if bad:  # the first failure heard of travels on
+            row = rows[bad[0]].clone()
+            continue
+        for code, (a, b) in ((100, (2, 6)), (101, (6, 7)), (102, (7, 11))):
+            sub = rows[:, a:b]
+            diff = (sub != sub[0]).any(dim=1).nonzero().flatten().tolist()
+            if diff:
+                row = torch.zeros_like(row)
+                row[0], row[1] = code, -1
+                break
     if err is not None:
         raise err.exc
-    bad = (rows[:, 0] != 0).nonzero().flatten().tolist()
-    if bad:
-        r = bad[0]
-        arg = _ARGS[int(rows[r, 0]) - 1]
+    code = int(row[0])
+    if code in _DISAGREE:
+        raise ValueError(_DISAGREE[code])
+    if code:
+        arg = _ARGS[code - 1]
         name = "q" if arg == "heads" else arg
-        raise ValueError(f"{name}: rank {r} of the group rejected its {name} (see that rank's error); "
+        raise ValueError(f"{name}: rank {int(row[1])} (global) rejected its {name} (see that rank's error); "
                          f"{op} was not run")
-    for cols, what in (((1, 5), "mask: ranks disagree on the ids (mask fingerprints differ); every rank must build "
-                                "the mask from the same whole row's ids"),
-                       ((5, 6), "plan: ranks disagree on the plan; build it from the same mask and world size "
-                                "on every rank"),
-                       ((6, 10), "q: ranks disagree on heads, head dim or dtype")):
-        sub = rows[:, cols[0]:cols[1]]
-        diff = (sub != sub[0]).any(dim=1).nonzero().flatten().tolist()
-        if diff:
-            raise ValueError(f"{what} (rank {diff[0]} differs from rank 0)")

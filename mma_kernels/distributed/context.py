@@ -23,6 +23,7 @@ from ..attention import _pick_backend
 from ..validation import resolve_scale
 from .checks import check_inputs
 from .comm import reduce_scatter_sum, resolve_group
+from .ulysses import _kv_for_heads, _to_heads, _to_shards, member_order
 
 
 class _Ctx:
@@ -94,7 +95,8 @@ class _ContextParallel(torch.autograd.Function):
         return (dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype)) + (None,) * 9
 
 
-def context_parallel_attention(q, k, v, mask, plan, group=None, *, verify: bool = True, **mma_kwargs):
+def context_parallel_attention(q, k, v, mask, plan, group=None, *, ulysses_group=None, verify: bool = True,
+                               **mma_kwargs):
     """MMA attention of a row split across the ranks of `group` by the plan: queries stay, K/V travel.
 
     Args:
@@ -103,8 +105,13 @@ def context_parallel_attention(q, k, v, mask, plan, group=None, *, verify: bool 
         mask: the `MMAMask` of the *whole* row (every rank builds it from the whole row's ids: O(L) ints).
         plan: `shard_plan(mask, P)`: balances the allowed pairs of each rank's queries.
         group: process group or 1-D DeviceMesh (default: the default group).
-        verify: exchange the ranks' verdicts and fingerprints first (one tiny all_gather and host sync), so
-            that bad or disagreeing inputs raise on every rank instead of hanging. Default on.
+        ulysses_group: combine with Ulysses (e.g. Ulysses inside a node, context parallel across nodes): heads
+            are first scattered over this group's ``Pu`` ranks by all-to-all (``Hq % Pu == 0``; KV heads
+            replicated as in `ulysses_attention`), then context parallel runs over `group` (``Pc`` ranks) on the
+            union of the group's positions. The plan is built for ``Pu * Pc`` ranks, and this rank holds
+            ``plan.positions(group_rank * Pu + ulysses_group_rank)``.
+        verify: exchange the ranks' verdicts and fingerprints first (one tiny all_gather per group and a host
+            sync), so that bad or disagreeing inputs raise on every rank instead of hanging. Default on.
         **mma_kwargs: `mma_attention`'s ``scale``, ``return_lse``, ``backend`` ("auto", "torch", "triton"),
             ``window``.
 
@@ -113,11 +120,24 @@ def context_parallel_attention(q, k, v, mask, plan, group=None, *, verify: bool 
     Per rank: forward one all-gather of K/V; backward one all-gather of K/V and one all-to-all of dK/dV.
     """
     group, world, rank = resolve_group(group)
-    check_inputs("context_parallel_attention", q, k, v, mask, plan, group, world, rank, mma_kwargs, verify)
+    if ulysses_group is None:
+        check_inputs("context_parallel_attention", q, k, v, mask, plan, group, world, rank, mma_kwargs, verify)
+        cplan, q_in, k_in, v_in = plan, q, k, v
+    else:
+        ulysses_group, pu, urank = resolve_group(ulysses_group)
+        check_inputs("context_parallel_attention", q, k, v, mask, plan, group, world * pu, rank * pu + urank,
+                     mma_kwargs, verify, groups=[ulysses_group, group], heads_world=pu)
+        cplan = plan.coarsen(pu)
+        to_sorted, from_sorted = member_order(plan, range(rank * pu, rank * pu + pu), q.device)
+        k_in, v_in = (_kv_for_heads(t, q.shape[1], pu) for t in (k, v))
+        q_in, k_in, v_in = (_to_heads(t, pu, to_sorted, ulysses_group) for t in (q, k_in, v_in))
     return_lse = mma_kwargs.get("return_lse", False)
     backend = _pick_backend(mma_kwargs.get("backend", "auto"), q.device)
     scale = resolve_scale(mma_kwargs.get("scale"), q.shape[-1])
     window = mask.effective_window(mma_kwargs.get("window"))
     win = mask.window_fields(window) if window is not None else None
-    out, lse = _ContextParallel.apply(q, k, v, mask, plan, group, world, rank, scale, backend, win, window)
+    out, lse = _ContextParallel.apply(q_in, k_in, v_in, mask, cplan, group, world, rank, scale, backend, win, window)
+    if ulysses_group is not None:
+        out = _to_shards(out, pu, from_sorted, ulysses_group)
+        lse = _to_shards(lse, pu, from_sorted, ulysses_group) if return_lse else None
     return (out, lse) if return_lse else out

@@ -117,6 +117,16 @@ class ShardPlan:
         idx = self.order(cat.device)
         return out.index_copy_(dim if dim >= 0 else cat.dim() + dim, idx, cat)
 
+    def coarsen(self, factor: int) -> "ShardPlan":
+        """The plan of `world_size // factor` ranks whose rank c holds the positions of this plan's ranks
+        ``c * factor .. c * factor + factor - 1`` (Ulysses inside groups of `factor` ranks, context parallel
+        across them)."""
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1 or \
+                self.world_size % factor:
+            raise ValueError(f"factor: expected a divisor of world_size={self.world_size}, got {factor!r}")
+        return ShardPlan(self.world_size // factor, self.seq_len, self.chunk, self.assignment // factor,
+                         self.work.view(-1, factor).sum(1), self.fingerprint, self.window, self.method)
+
     @property
     def imbalance(self) -> float:
         """max / mean allowed pairs per rank (1.0 = perfectly balanced)."""

@@ -25,22 +25,31 @@ def _kv_for_heads(k: torch.Tensor, Hq: int, world: int) -> torch.Tensor:
     return k if rep == 1 else k.repeat_interleave(rep, dim=1)
 
 
-def _to_heads(x: torch.Tensor, world: int, order_inv: torch.Tensor, group) -> torch.Tensor:
-    """[B, H, Ls, *] (this rank's positions, all heads) -> [B, H/P, L, *] (the whole row, natural order)."""
+def member_order(plan, members, device):
+    """For the plan ranks `members` (one per rank of a Ulysses group, in group order): the sort that puts their
+    concatenated positions in row order, and its inverse. The whole row when the group spans the plan."""
+    cat = torch.cat([plan.positions(m, device) for m in members])
+    to_sorted = torch.argsort(cat)
+    return to_sorted, torch.argsort(to_sorted)
+
+
+def _to_heads(x: torch.Tensor, world: int, to_sorted: torch.Tensor, group) -> torch.Tensor:
+    """[B, H, Ls, *] (this rank's positions, all heads) -> [B, H/P, P*Ls, *]: the group's positions in row
+    order (the whole row when the group spans the plan)."""
     B, H, Ls = x.shape[:3]
     rest = x.shape[3:]
     x = x.reshape(B, world, H // world, Ls, *rest).movedim(1, 0)  # [P, B, H/P, Ls, *]: chunk s to rank s
     y = all_to_all(x, group)  # [P(src), B, H/P, Ls, *]: the source rank's positions of our heads
     y = y.movedim(0, 2).reshape(B, H // world, world * Ls, *rest)  # rank 0's positions, rank 1's, ...
-    return y.index_select(2, order_inv)
+    return y.index_select(2, to_sorted)
 
 
-def _to_shards(y: torch.Tensor, world: int, order: torch.Tensor, group) -> torch.Tensor:
-    """Inverse of `_to_heads`: [B, H/P, L, *] -> [B, H, Ls, *]."""
+def _to_shards(y: torch.Tensor, world: int, from_sorted: torch.Tensor, group) -> torch.Tensor:
+    """Inverse of `_to_heads`: [B, H/P, P*Ls, *] -> [B, H, Ls, *]."""
     B, Hl, L = y.shape[:3]
     rest = y.shape[3:]
     Ls = L // world
-    y = y.index_select(2, order).reshape(B, Hl, world, Ls, *rest).movedim(2, 0)  # [P(dst), B, H/P, Ls, *]
+    y = y.index_select(2, from_sorted).reshape(B, Hl, world, Ls, *rest).movedim(2, 0)  # [P(dst), B, H/P, Ls, *]
     x = all_to_all(y, group)  # [P(src heads), B, H/P, Ls, *]
     return x.movedim(0, 1).reshape(B, world * Hl, Ls, *rest)
 
@@ -68,12 +77,11 @@ def ulysses_attention(q, k, v, mask, plan, group=None, *, verify: bool = True, *
     check_inputs("ulysses_attention", q, k, v, mask, plan, group, world, rank, mma_kwargs, verify)
     return_lse = mma_kwargs.pop("return_lse", False)
     Hq = q.shape[1]
-    order = plan.order(q.device)
-    order_inv = torch.argsort(order)
+    to_sorted, from_sorted = member_order(plan, range(world), q.device)
     k, v = (_kv_for_heads(t, Hq, world) for t in (k, v))
-    qh, kh, vh = (_to_heads(t, world, order_inv, group) for t in (q, k, v))
+    qh, kh, vh = (_to_heads(t, world, to_sorted, group) for t in (q, k, v))
     out, lse = mma_attention(qh, kh, vh, mask, return_lse=True, **mma_kwargs)
-    out = _to_shards(out, world, order, group)
+    out = _to_shards(out, world, from_sorted, group)
     if not return_lse:
         return out
-    return out, _to_shards(lse, world, order, group)
+    return out, _to_shards(lse, world, from_sorted, group)
