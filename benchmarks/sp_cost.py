@@ -16,10 +16,14 @@ ranks, bf16 activations:
 * attention memory per rank per layer: what the op keeps for the backward (saved) and the largest transient
   buffers while it runs (this implementation: context parallel holds the whole row's K/V of one layer, in
   2 copies while gathering and reordering, and as much for dK/dV in the backward; ring would hold 2 K/V shards);
+* the combination (`context_parallel_attention(..., ulysses_group=...)`): Ulysses over the Pu = 4 GPUs of a
+  node (heads scattered by all-to-all inside the node), context parallel across Pc = 2 nodes on the union of
+  the node's positions (the plan coarsened: `ShardPlan.coarsen(4)`); KV heads replicated to lcm(Hkv, Pu);
 * time, inferred from assumed hardware (H100 SXM: 400 TFLOP/s dense bf16 reached by the attention kernel,
   NVLink 450 GB/s per direction inside a node, 8 ranks = one node), forward attention FLOPs = 4 x pairs x D
   per head, backward = 2.5 x forward: the communication time an implementation without overlap exposes,
-  next to the attention compute time.
+  next to the attention compute time. The combination's cross-node part is assumed at 50 GB/s per GPU
+  (400 Gb/s InfiniBand), its in-node part at NVLink speed.
 
 Every figure is inferred from shapes and formulas except the pair counts, which are exact for the layouts.
 Writes benchmarks/results/sp/cost_model.{md,json} with --save.
@@ -44,6 +48,8 @@ LENGTHS = (131072, 262144, 1048576)
 BYTES = 2  # bf16
 FLOPS = 400e12  # reached attention throughput, assumed
 LINK = 450e9  # NVLink bytes/s per direction, assumed
+XLINK = 50e9  # per-GPU bytes/s across nodes (400 Gb/s InfiniBand), assumed
+PU = 4  # the combination: Ulysses over 4 GPUs of a node, context parallel across nodes
 GIB = 1 << 30
 
 
@@ -61,6 +67,7 @@ def pairs(layout: str, L: int, P: int):
         out[method] = int(plan.work.max())
         if method == "balanced":
             out["plan"] = f"{plan.method}, {plan.chunk}-token chunks"
+            out["coarse"] = int(plan.coarsen(PU).work.max()) if P % PU == 0 else None
     return out
 
 
@@ -86,13 +93,30 @@ def context(L, P, Hq, Hkv, D):
                 ring_transient=2 * 2 * kv_shard)
 
 
+def hybrid(L, P, Hq, Hkv, D, pu=PU):
+    """Ulysses over `pu` ranks inside a node, context parallel over P / pu nodes."""
+    if P % pu or Hq % pu:
+        return None
+    pc = P // pu
+    hkv = Hkv * (pu // math.gcd(Hkv, pu))  # replicated for the Ulysses part
+    q = L // P * Hq * D * BYTES
+    kv = L // P * hkv * D * BYTES
+    a2a = (pu - 1) / pu * (2 * q + 2 * kv)  # inside the node, each way
+    kv_super = L // pc * (hkv // pu) * D * BYTES  # a node-level shard of K (or V) for this rank's heads
+    gather = (pc - 1) * 2 * kv_super  # across nodes
+    saved = 2 * q + 2 * kv + L // P * Hq * 4
+    row = 2 * L * (hkv // pu) * D * BYTES
+    return dict(fwd_sent=a2a + gather, bwd_sent=a2a + 2 * gather, saved=saved, transient=2 * row + 2 * (2 * q + 2 * kv),
+                in_node=2 * a2a, cross_node=3 * gather)
+
+
 def rows(layouts, P: int):
     out = []
     for L in LENGTHS:
         counted = {lay: pairs(lay, L, P) for lay in layouts}
         print(f"counted pairs at L={L}", file=sys.stderr, flush=True)
         for model, (layers, Hq, Hkv, D) in MODELS.items():
-            u, c = ulysses(L, P, Hq, Hkv, D), context(L, P, Hq, Hkv, D)
+            u, c, h = ulysses(L, P, Hq, Hkv, D), context(L, P, Hq, Hkv, D), hybrid(L, P, Hq, Hkv, D)
             for lay, cnt in counted.items():
                 per_head_flops = 4 * D * 3.5  # forward + backward (2.5x)
                 t_u = cnt["total"] / P * Hq * per_head_flops / FLOPS
@@ -103,7 +127,11 @@ def rows(layouts, P: int):
                     ulysses_pairs_per_rank=None if u is None else cnt["total"] / P * Hq,
                     cp_pairs_ours=cnt["balanced"] * Hq, cp_pairs_zigzag=cnt["zigzag"] * Hq,
                     cp_pairs_contiguous=cnt["contiguous"] * Hq,
-                    ulysses=u, context=c,
+                    ulysses=u, context=c, hybrid=h,
+                    hybrid_pairs_per_rank=None if h is None or cnt["coarse"] is None else cnt["coarse"] * Hq / PU,
+                    hybrid_compute_s=None if h is None or cnt["coarse"] is None else
+                    cnt["coarse"] * Hq / PU * per_head_flops / FLOPS,
+                    hybrid_comm_s=None if h is None else h["in_node"] / LINK + h["cross_node"] / XLINK,
                     ulysses_compute_s=None if u is None else t_u, cp_compute_s=t_c,
                     ulysses_comm_s=None if u is None else (u["fwd_sent"] + u["bwd_sent"]) / LINK,
                     cp_comm_s=(c["fwd_sent"] + c["bwd_sent"]) / LINK,
@@ -120,12 +148,14 @@ def markdown(rs, argv):
          f"`python -m benchmarks.sp_cost {' '.join(argv)}` ({time.strftime('%Y-%m-%d')}). **Inferred** from shapes "
          f"and formulas (see the script's docstring), bf16, per rank and per attention layer, 8 ranks; pair counts "
          f"exact for the layouts; times assume {FLOPS / 1e12:.0f} TFLOP/s attention and {LINK / 1e9:.0f} GB/s "
-         f"links (one H100 node). Ulysses needs Hq divisible by the ranks: Qwen2-VL-7B's 28 heads on 8 ranks is "
+         f"links (one H100 node; the Ulysses 4 x CP 2 combination: 2 nodes of 4, {XLINK / 1e9:.0f} GB/s per GPU "
+         f"across them). Ulysses needs Hq divisible by the ranks: Qwen2-VL-7B's 28 heads on 8 ranks is "
          f"n/a (the op raises and names context_parallel_attention).\n",
          "## Communication and memory (GiB per rank per layer)\n",
-         "| model | L | Ulysses sent fwd / bwd | CP sent fwd / bwd | Ulysses saved / transient | CP saved / "
-         "transient (whole-row K/V) | ring pass-KV transient (modeled) |",
-         "| --- | ---: | --- | --- | --- | --- | --- |"]
+         "| model | L | Ulysses sent fwd / bwd | CP sent fwd / bwd | Ulysses 4 x CP 2 sent fwd / bwd | Ulysses saved / "
+         "transient | CP saved / transient (whole-row K/V) | Ulysses 4 x CP 2 saved / transient | ring pass-KV "
+         "transient (modeled) |",
+         "| --- | ---: | --- | --- | --- | --- | --- | --- | --- |"]
     seen = set()
     for r in rs:
         key = (r["model"], r["L"])
@@ -135,19 +165,25 @@ def markdown(rs, argv):
         u, c = r["ulysses"], r["context"]
         us = "n/a" if u is None else f"{_g(u['fwd_sent'])} / {_g(u['bwd_sent'])}"
         um = "n/a" if u is None else f"{_g(u['saved'])} / {_g(u['transient'])}"
-        o.append(f"| {r['model']} | {r['L']} | {us} | {_g(c['fwd_sent'])} / {_g(c['bwd_sent'])} | {um} | "
-                 f"{_g(c['saved'])} / {_g(c['transient'])} | {_g(c['ring_transient'])} |")
+        h = r["hybrid"]
+        hs = "n/a" if h is None else f"{_g(h['fwd_sent'])} / {_g(h['bwd_sent'])}"
+        hm = "n/a" if h is None else f"{_g(h['saved'])} / {_g(h['transient'])}"
+        o.append(f"| {r['model']} | {r['L']} | {us} | {_g(c['fwd_sent'])} / {_g(c['bwd_sent'])} | {hs} | {um} | "
+                 f"{_g(c['saved'])} / {_g(c['transient'])} | {hm} | {_g(c['ring_transient'])} |")
     o += ["\n## Work and time per rank per layer (forward + backward)\n",
           "| model | L | layout | plan (ours) | pairs x Hq per rank: Ulysses | CP ours | CP zigzag | CP contiguous | "
-          "Ulysses compute / comm ms | CP compute / comm ms |",
-          "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+          "Ulysses 4 x CP 2 | Ulysses compute / comm ms | CP compute / comm ms | Ulysses 4 x CP 2 compute / comm ms |",
+          "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     for r in rs:
         up = "n/a" if r["ulysses_pairs_per_rank"] is None else f"{r['ulysses_pairs_per_rank']:.3e}"
         ut = "n/a" if r["ulysses_compute_s"] is None else \
             f"{r['ulysses_compute_s'] * 1e3:.1f} / {r['ulysses_comm_s'] * 1e3:.2f}"
+        hp = "n/a" if r["hybrid_pairs_per_rank"] is None else f"{r['hybrid_pairs_per_rank']:.3e}"
+        ht = "n/a" if r["hybrid_compute_s"] is None else \
+            f"{r['hybrid_compute_s'] * 1e3:.1f} / {r['hybrid_comm_s'] * 1e3:.2f}"
         o.append(f"| {r['model']} | {r['L']} | {r['layout']} | {r['plan']} | {up} | {r['cp_pairs_ours']:.3e} | "
-                 f"{r['cp_pairs_zigzag']:.3e} | {r['cp_pairs_contiguous']:.3e} | {ut} | "
-                 f"{r['cp_compute_s'] * 1e3:.1f} / {r['cp_comm_s'] * 1e3:.2f} |")
+                 f"{r['cp_pairs_zigzag']:.3e} | {r['cp_pairs_contiguous']:.3e} | {hp} | {ut} | "
+                 f"{r['cp_compute_s'] * 1e3:.1f} / {r['cp_comm_s'] * 1e3:.2f} | {ht} |")
     return "\n".join(o) + "\n"
 
 
@@ -165,7 +201,8 @@ def main(argv=None) -> int:
     if a.save:
         os.makedirs(RESULTS, exist_ok=True)
         with open(os.path.join(RESULTS, "cost_model.json"), "w") as f:
-            json.dump(dict(inferred=True, flops=FLOPS, link_bytes_s=LINK, rows=rs), f, indent=1)
+            json.dump(dict(inferred=True, flops=FLOPS, link_bytes_s=LINK, cross_node_bytes_s=XLINK, ulysses_pu=PU,
+                       rows=rs), f, indent=1)
         with open(os.path.join(RESULTS, "cost_model.md"), "w") as f:
             f.write(md)
     return 0
