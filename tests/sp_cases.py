@@ -77,10 +77,15 @@ def run_sharded(op, case: Case, plan, rank: int, group=None):
 
 
 def _entry(rank, world, init_file, out_path, fn, args):
+    import datetime
+    import gc
+
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a bounded timeout: a broken op fails the test in minutes instead of hanging CI for gloo's default 30
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=180))
     result = None
     try:
         result = fn(rank, world, *args)
@@ -88,8 +93,13 @@ def _entry(rank, world, init_file, out_path, fn, args):
         result = {"error": traceback.format_exc()}
     finally:
         torch.save(result, f"{out_path}.{rank}")
+        # deterministic teardown (the SIGABRT flake of tests/test_distributed.py): free everything that may
+        # hold the process groups (autograd graphs, saved contexts) while the interpreter is fully alive,
+        # and let no rank tear down while a peer still communicates
+        result = None
+        gc.collect()
         try:
-            dist.barrier()  # nobody tears down while a peer still communicates
+            dist.barrier()
         finally:
             dist.destroy_process_group()
 
