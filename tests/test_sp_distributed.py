@@ -90,10 +90,20 @@ def _readme_snippet(rank, world):
     return [(ns[n] - ns["ref"]).abs().max().item() for n in ("out_u", "out_c")] + [ns["ql"].grad is not None]
 
 
+def _gather_ids(rank, world):
+    """`gather_row`: each rank's shard of the ids back to the whole row, on every rank."""
+    from mma_kernels.distributed import gather_row, shard_plan
+
+    case = Case("ids", "packed", B=2, Hq=2, Hkv=2, L=12 * world)
+    mod, seg, doc, _ = case.ids()
+    plan = shard_plan(case.mask(), world, min_chunk=2)
+    return all(torch.equal(gather_row(plan.shard(t, rank, dim=1), plan, dim=1), t) for t in (mod, seg, doc))
+
+
 def _worker(rank, world, cases):
     from mma_kernels.distributed import shard_plan
 
-    res = {"bad": _bad_inputs(rank, world), "readme": _readme_snippet(rank, world)}
+    res = {"bad": _bad_inputs(rank, world), "readme": _readme_snippet(rank, world), "gather": _gather_ids(rank, world)}
     ops = _ops(world)
     for case in cases:
         plan = shard_plan(case.mask(), world, min_chunk=2)
@@ -211,6 +221,11 @@ def test_bad_inputs_raise_on_every_rank(world_results):
             assert exc == want_exc and msg.startswith(prefix), (rank, opname, label, exc, msg)
             if label == "heads_not_divisible":
                 assert "context_parallel_attention" in msg
+
+
+def test_gather_row_restores_the_ids(world_results):
+    world, results = world_results
+    assert all(res["gather"] for res in results)
 
 
 def test_readme_snippet_matches_one_process(world_results):

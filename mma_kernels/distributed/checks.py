@@ -76,7 +76,7 @@ def _local(op: str, q, k, v, mask, plan, world: int, kwargs: dict, heads_world: 
     if not MIN_HEAD_DIM <= q.shape[3] <= MAX_HEAD_DIM:
         fail("q", f"q: head dim {q.shape[3]} is out of range {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
     Hq, Hkv = q.shape[1], k.shape[1]
-    if Hkv == 0 or Hq % Hkv:
+    if Hq != 0 and (Hkv == 0 or Hq % Hkv):
         fail("k", f"k: number of key/value heads {Hkv} must divide the number of query heads {Hq}")
     if mask.device != q.device:
         fail("mask", f"mask: built on device {mask.device}, but q is on {q.device}")

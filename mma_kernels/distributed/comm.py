@@ -61,3 +61,18 @@ def reduce_scatter_sum(x: torch.Tensor, group) -> torch.Tensor:
     """x [P, ...] (chunk s: this rank's contribution to rank s's slice) -> the sum over ranks of their
     contributions to this rank's slice, added in rank order (deterministic), in fp32 (returned in fp32)."""
     return _a2a(x, group).sum(dim=0, dtype=torch.float32)
+
+
+def gather_row(x: torch.Tensor, plan, group=None, dim: int = -1) -> torch.Tensor:
+    """The whole row of a per-rank shard (no autograd): every rank's `x` (this rank's plan positions along `dim`,
+    e.g. the shard's ``input_ids``, ``labels``, ``position_ids`` or ids) all-gathered and put back in row order.
+    One all_gather of O(L / P) elements per rank: what an integration calls once per forward to build the whole
+    row's `MMAMask` on every rank."""
+    group, world, rank = resolve_group(group)
+    if plan.world_size != world:
+        raise ValueError(f"plan: built for world_size={plan.world_size}, but the process group has {world} ranks")
+    if x.shape[dim] != plan.shard_len:
+        raise ValueError(f"x: holds {x.shape[dim]} positions along dim {dim}, each rank's shard has {plan.shard_len}")
+    parts = [torch.empty_like(x.contiguous()) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return plan.unshard(parts, dim=dim)
