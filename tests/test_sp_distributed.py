@@ -171,17 +171,7 @@ def _assemble(results, case, op):
     return full
 
 
-@pytest.fixture(scope="module", params=[2, 4], ids=["2proc", "4proc"])
-def world_results(request):
-    return request.param, spawn(_worker, request.param, CASES)
-
-
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_sharded_equals_single_process(world_results, case, op):
-    world, results = world_results
-    if op == "hybrid" and world != 4:
-        pytest.skip("Ulysses x context parallel runs on 4 ranks (2 x 2)")
+def _check_equal(world, results, case, op):
     got = _assemble(results, case, op)
     ref, mma, plain = _single(case)
     for what, g, r, p, m in zip(("out", "lse", "dq", "dk", "dv"), got, ref, plain, mma):
@@ -202,15 +192,13 @@ EXPECT = {  # label -> (exception, argument the message starts with, on the rank
 }
 
 
-def test_bad_inputs_raise_on_every_rank(world_results):
-    world, results = world_results
+def _check_bad_inputs(world, results):
     for rank, res in enumerate(results):
         for opname, label, exc, msg in res["bad"]:
             if label == "good_after":
                 assert exc is None
                 continue
-            if label == "heads_not_divisible" and opname == "context":
-                # context parallel takes any head count: 3 query heads do not divide by 1 KV head? they do
+            if label == "heads_not_divisible" and opname == "context":  # context parallel takes any head count
                 assert exc is None, (rank, opname, label, msg)
                 continue
             want_exc, prefix = EXPECT[label]
@@ -223,22 +211,7 @@ def test_bad_inputs_raise_on_every_rank(world_results):
                 assert "context_parallel_attention" in msg
 
 
-def test_gather_row_restores_the_ids(world_results):
-    world, results = world_results
-    assert all(res["gather"] for res in results)
-
-
-def test_readme_snippet_matches_one_process(world_results):
-    world, results = world_results
-    for rank, res in enumerate(results):
-        du, dc, has_grad = res["readme"]
-        assert du < 1e-5 and dc < 1e-5 and has_grad, (rank, res["readme"])
-
-
-def test_bad_inputs_hybrid(world_results):
-    world, results = world_results
-    if world != 4:
-        pytest.skip("4 ranks")
+def _check_bad_hybrid(results):
     for rank, res in enumerate(results):
         got = {label: (exc, msg) for label, exc, msg in res["bad_hybrid"]}
         assert got["heads"][0] == "ValueError" and "ulysses_group" in got["heads"][1], (rank, got["heads"])
@@ -246,3 +219,46 @@ def test_bad_inputs_hybrid(world_results):
         assert exc == "ValueError", (rank, msg)
         assert msg.startswith("q: holds") if rank == 3 else msg.startswith("q: rank 3"), (rank, msg)
         assert got["good_after"] == (None, (1, 4, 16, 16))
+
+
+def _check_gather(results):
+    assert all(res["gather"] for res in results), "gather_row did not restore the ids"
+
+
+def _check_readme(results):
+    for rank, res in enumerate(results):
+        du, dc, has_grad = res["readme"]
+        assert du < 1e-5 and dc < 1e-5 and has_grad, (rank, res["readme"])
+
+
+def _check_world(world):
+    """One spawn runs every check on `world` processes (one test per world size: never split across xdist
+    workers, so the processes start once per world size)."""
+    results = spawn(_worker, world, CASES)
+    failures = []
+
+    def check(name, fn, *args):
+        try:
+            fn(*args)
+        except AssertionError as e:
+            failures.append(f"{name}: {e}")
+
+    for case in CASES:
+        for op in OPS:
+            if op == "hybrid" and world != 4:
+                continue
+            check(f"{op} {case.name}", _check_equal, world, results, case, op)
+    check("bad inputs", _check_bad_inputs, world, results)
+    if world == 4:
+        check("bad inputs, Ulysses x context parallel", _check_bad_hybrid, results)
+    check("gather_row", _check_gather, results)
+    check("README snippet", _check_readme, results)
+    assert not failures, "\n".join(failures)
+
+
+def test_two_processes():
+    _check_world(2)
+
+
+def test_four_processes():
+    _check_world(4)
