@@ -11,8 +11,9 @@ ranks, bf16 activations:
 * bytes each rank sends per layer (it receives as many), forward and backward, from the ops' collectives
   (`mma_kernels/distributed`): Ulysses 4 all-to-alls each way (q, k, v, out; dout, dq, dk, dv), each moving
   (P-1)/P of a shard, KV heads replicated to lcm(Hkv, P); context parallel (all-gather) one all-gather of the
-  K/V shards forward, one more plus one all-to-all of dK/dV backward; ring pass-KV (modeled, not built):
-  the same bytes in P-1 steps;
+  K/V shards forward, one more plus one all-to-all of dK/dV backward, but only the keys some query of the
+  receiving rank may see travel (`ShardPlan.key_routes`, from the mask's key ranges: counted exactly per
+  layout), an all-gather's bytes at most; ring pass-KV (modeled, not built): an all-gather's bytes in P-1 steps;
 * attention memory per rank per layer: what the op keeps for the backward (saved) and the largest transient
   buffers while it runs (this implementation: context parallel holds the whole row's K/V of one layer, in
   2 copies while gathering and reordering, and as much for dK/dV in the backward; ring would hold 2 K/V shards);
@@ -67,8 +68,22 @@ def pairs(layout: str, L: int, P: int):
         out[method] = int(plan.work.max())
         if method == "balanced":
             out["plan"] = f"{plan.method}, {plan.chunk}-token chunks"
-            out["coarse"] = int(plan.coarsen(PU).work.max()) if P % PU == 0 else None
+            out["keys_moved"] = keys_moved(plan, mask)
+            if P % PU == 0:
+                coarse = plan.coarsen(PU)
+                out["coarse"] = int(coarse.work.max())
+                out["coarse_keys_moved"] = keys_moved(coarse, mask)
     return out
+
+
+def keys_moved(plan, mask) -> int:
+    """The busiest rank's keys sent or received by context parallelism's routed exchange (`key_routes`): only
+    keys some query of the receiving rank may see travel. An all-gather would move (P - 1) * L / P."""
+    r = plan.key_routes(mask)
+    P = plan.world_size
+    sent = [sum(len(r[a][b]) for b in range(P) if b != a) for a in range(P)]
+    recv = [sum(len(r[a][b]) for a in range(P) if a != b) for b in range(P)]
+    return max(sent + recv)
 
 
 def ulysses(L, P, Hq, Hkv, D):
@@ -83,18 +98,19 @@ def ulysses(L, P, Hq, Hkv, D):
     return dict(fwd_sent=sent, bwd_sent=sent, saved=saved, transient=transient, kv_heads_after=hkv)
 
 
-def context(L, P, Hq, Hkv, D):
+def context(L, P, Hq, Hkv, D, keys=None):
+    """`keys`: the busiest rank's keys moved by the routed exchange (default: every key, as an all-gather)."""
     q = L // P * Hq * D * BYTES
     kv_shard = L // P * Hkv * D * BYTES
     kv_row = 2 * L * Hkv * D * BYTES  # the whole row's K and V
-    gather = (P - 1) * 2 * kv_shard
+    gather = (P - 1) * 2 * kv_shard if keys is None else 2 * keys * Hkv * D * BYTES
     saved = 2 * q + 2 * kv_shard + L // P * Hq * 4
     return dict(fwd_sent=gather, bwd_sent=2 * gather, saved=saved, transient=2 * kv_row,
                 ring_transient=2 * 2 * kv_shard)
 
 
-def hybrid(L, P, Hq, Hkv, D, pu=PU):
-    """Ulysses over `pu` ranks inside a node, context parallel over P / pu nodes."""
+def hybrid(L, P, Hq, Hkv, D, pu=PU, keys=None):
+    """Ulysses over `pu` ranks inside a node, context parallel over P / pu nodes (`keys`: as in `context`)."""
     if P % pu or Hq % pu:
         return None
     pc = P // pu
@@ -103,7 +119,7 @@ def hybrid(L, P, Hq, Hkv, D, pu=PU):
     kv = L // P * hkv * D * BYTES
     a2a = (pu - 1) / pu * (2 * q + 2 * kv)  # inside the node, each way
     kv_super = L // pc * (hkv // pu) * D * BYTES  # a node-level shard of K (or V) for this rank's heads
-    gather = (pc - 1) * 2 * kv_super  # across nodes
+    gather = (pc - 1) * 2 * kv_super if keys is None else 2 * keys * (hkv // pu) * D * BYTES  # across nodes
     saved = 2 * q + 2 * kv + L // P * Hq * 4
     row = 2 * L * (hkv // pu) * D * BYTES
     return dict(fwd_sent=a2a + gather, bwd_sent=a2a + 2 * gather, saved=saved, transient=2 * row + 2 * (2 * q + 2 * kv),
@@ -118,6 +134,8 @@ def rows(layouts, P: int):
         for model, (layers, Hq, Hkv, D) in MODELS.items():
             u, c, h = ulysses(L, P, Hq, Hkv, D), context(L, P, Hq, Hkv, D), hybrid(L, P, Hq, Hkv, D)
             for lay, cnt in counted.items():
+                cr = context(L, P, Hq, Hkv, D, cnt["keys_moved"])
+                hr = hybrid(L, P, Hq, Hkv, D, keys=cnt.get("coarse_keys_moved"))
                 per_head_flops = 4 * D * 3.5  # forward + backward (2.5x)
                 t_u = cnt["total"] / P * Hq * per_head_flops / FLOPS
                 t_c = cnt["balanced"] * Hq * per_head_flops / FLOPS
@@ -127,14 +145,15 @@ def rows(layouts, P: int):
                     ulysses_pairs_per_rank=None if u is None else cnt["total"] / P * Hq,
                     cp_pairs_ours=cnt["balanced"] * Hq, cp_pairs_zigzag=cnt["zigzag"] * Hq,
                     cp_pairs_contiguous=cnt["contiguous"] * Hq,
-                    ulysses=u, context=c, hybrid=h,
+                    ulysses=u, context=c, hybrid=h, context_routed=cr, hybrid_routed=hr,
+                    keys_moved=cnt["keys_moved"],
                     hybrid_pairs_per_rank=None if h is None or cnt["coarse"] is None else cnt["coarse"] * Hq / PU,
                     hybrid_compute_s=None if h is None or cnt["coarse"] is None else
                     cnt["coarse"] * Hq / PU * per_head_flops / FLOPS,
-                    hybrid_comm_s=None if h is None else h["in_node"] / LINK + h["cross_node"] / XLINK,
+                    hybrid_comm_s=None if hr is None else hr["in_node"] / LINK + hr["cross_node"] / XLINK,
                     ulysses_compute_s=None if u is None else t_u, cp_compute_s=t_c,
                     ulysses_comm_s=None if u is None else (u["fwd_sent"] + u["bwd_sent"]) / LINK,
-                    cp_comm_s=(c["fwd_sent"] + c["bwd_sent"]) / LINK,
+                    cp_comm_s=(cr["fwd_sent"] + cr["bwd_sent"]) / LINK,
                 ))
     return out
 
@@ -152,6 +171,9 @@ def markdown(rs, argv):
          f"across them). Ulysses needs Hq divisible by the ranks: Qwen2-VL-7B's 28 heads on 8 ranks is "
          f"n/a (the op raises and names context_parallel_attention).\n",
          "## Communication and memory (GiB per rank per layer)\n",
+         "Context parallel (CP) sends only the keys the receiving rank's queries may see (`ShardPlan.key_routes`); "
+         "this table gives its bound when every key is needed (one long sample: an all-gather's bytes); the second "
+         "table gives the bytes per layout.\n",
          "| model | L | Ulysses sent fwd / bwd | CP sent fwd / bwd | Ulysses 4 x CP 2 sent fwd / bwd | Ulysses saved / "
          "transient | CP saved / transient (whole-row K/V) | Ulysses 4 x CP 2 saved / transient | ring pass-KV "
          "transient (modeled) |",
@@ -172,8 +194,9 @@ def markdown(rs, argv):
                  f"{_g(c['saved'])} / {_g(c['transient'])} | {hm} | {_g(c['ring_transient'])} |")
     o += ["\n## Work and time per rank per layer (forward + backward)\n",
           "| model | L | layout | plan (ours) | pairs x Hq per rank: Ulysses | CP ours | CP zigzag | CP contiguous | "
-          "Ulysses 4 x CP 2 | Ulysses compute / comm ms | CP compute / comm ms | Ulysses 4 x CP 2 compute / comm ms |",
-          "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+          "Ulysses 4 x CP 2 | CP keys moved (busiest rank) | CP sent fwd / bwd GiB | Ulysses 4 x CP 2 sent fwd / bwd GiB | "
+          "Ulysses compute / comm ms | CP compute / comm ms | Ulysses 4 x CP 2 compute / comm ms |",
+          "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
     for r in rs:
         up = "n/a" if r["ulysses_pairs_per_rank"] is None else f"{r['ulysses_pairs_per_rank']:.3e}"
         ut = "n/a" if r["ulysses_compute_s"] is None else \
@@ -181,8 +204,11 @@ def markdown(rs, argv):
         hp = "n/a" if r["hybrid_pairs_per_rank"] is None else f"{r['hybrid_pairs_per_rank']:.3e}"
         ht = "n/a" if r["hybrid_compute_s"] is None else \
             f"{r['hybrid_compute_s'] * 1e3:.1f} / {r['hybrid_comm_s'] * 1e3:.2f}"
+        cr, hr = r["context_routed"], r["hybrid_routed"]
+        hs = "n/a" if hr is None else f"{_g(hr['fwd_sent'])} / {_g(hr['bwd_sent'])}"
         o.append(f"| {r['model']} | {r['L']} | {r['layout']} | {r['plan']} | {up} | {r['cp_pairs_ours']:.3e} | "
-                 f"{r['cp_pairs_zigzag']:.3e} | {r['cp_pairs_contiguous']:.3e} | {hp} | {ut} | "
+                 f"{r['cp_pairs_zigzag']:.3e} | {r['cp_pairs_contiguous']:.3e} | {hp} | {r['keys_moved']} | "
+                 f"{_g(cr['fwd_sent'])} / {_g(cr['bwd_sent'])} | {hs} | {ut} | "
                  f"{r['cp_compute_s'] * 1e3:.1f} / {r['cp_comm_s'] * 1e3:.2f} | {ht} |")
     return "\n".join(o) + "\n"
 

@@ -52,3 +52,23 @@ def test_plan_bad_input():
     padded = MMAMask(pad_to_multiple(mod, 4, -1), pad_to_multiple(seg, 4), pad_to_multiple(doc, 4))
     plan = shard_plan(padded, 4)
     assert padded.seq_len == 32 and plan.work.sum() == mask.num_allowed().sum()
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_key_routes_cover_every_allowed_key_and_skip_the_rest(window):
+    mod, seg, doc = make_layout("packed", 2, 96, seed=2)
+    mask = MMAMask(mod, seg, doc)
+    plan = shard_plan(mask, 4, min_chunk=4)
+    routes = plan.key_routes(mask, window)
+    dense = mask.to_dense(window=window).any(0)  # [Lq, Lk], any batch row
+    moved = 0
+    for r in range(4):
+        seen = dense[plan.positions(r)].any(0)  # keys some query of rank r may see
+        for s in range(4):
+            ps = plan.positions(s)
+            need = ps[seen[ps]]
+            got = routes[s][r]
+            assert bool((got[1:] > got[:-1]).all())
+            assert set(need.tolist()) <= set(got.tolist()), (r, s)
+            moved += len(got) if s != r else 0
+    assert moved < 3 * 96  # packed documents: less than an all-gather's (P - 1) * L keys

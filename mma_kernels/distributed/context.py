@@ -18,11 +18,12 @@ of one layer (freed after the layer), which the cost model reports per shape.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ..attention import _pick_backend
 from ..validation import resolve_scale
 from .checks import check_inputs
-from .comm import reduce_scatter_sum, resolve_group
+from .comm import resolve_group
 from .ulysses import _kv_for_heads, _to_heads, _to_shards, member_order
 
 
@@ -39,59 +40,80 @@ def _fn(backend: str):
     return Fn
 
 
-def _gather_kv(k, v, plan, group, world):
-    """Local K/V shards [B, Hkv, Ls, D] -> the whole row's K and V [B, Hkv, L, D] in row order. Transient:
-    the gathered shards and the row (2 x the whole row's K/V), the shards freed as they are placed."""
-    kv = torch.stack([k, v]).contiguous()
-    parts = [torch.empty_like(kv) for _ in range(world)]
-    torch.distributed.all_gather(parts, kv, group=group)
-    B, H, _, D = k.shape
-    row = kv.new_empty((2, B, H, plan.seq_len, D))
-    for r in range(world):
-        row.index_copy_(3, plan.positions(r, k.device), parts[r])
-        parts[r] = None
+class _Routes:
+    """What this rank sends and receives for one (plan, mask, window): from `ShardPlan.key_routes`."""
+
+    def __init__(self, plan, mask, window, rank, world, device):
+        routes = plan.key_routes(mask, window)
+        mine = plan.positions(rank, device)
+        self.send = [routes[rank][r].to(device) for r in range(world)]  # my positions rank r needs
+        self.recv = [routes[s][rank].to(device) for s in range(world)]  # rank s's positions I need
+        self.send_local = [torch.searchsorted(mine, p) for p in self.send]  # their indices in my shard
+        self.send_idx = torch.cat(self.send_local)
+        self.recv_pos = torch.cat(self.recv)
+        self.n_send = [len(p) for p in self.send]
+        self.n_recv = [len(p) for p in self.recv]
+
+
+def _exchange(x: torch.Tensor, out_rows: int, n_out, n_in, group) -> torch.Tensor:
+    out = x.new_empty((out_rows,) + tuple(x.shape[1:]))
+    dist.all_to_all_single(out, x.contiguous(), n_out, n_in, group=group)
+    return out
+
+
+def _gather_kv(k, v, routes: _Routes, seq_len: int, group):
+    """Local K/V shards [B, Hkv, Ls, D] -> the whole row's K and V [B, Hkv, L, D] holding the keys this rank's
+    queries may see (zeros elsewhere: never allowed, so never used); only those keys travel."""
+    kv = torch.stack([k, v]).permute(3, 0, 1, 2, 4)  # [Ls, 2, B, H, D]
+    got = _exchange(kv.index_select(0, routes.send_idx), sum(routes.n_recv), routes.n_recv, routes.n_send, group)
+    row = kv.new_zeros((seq_len,) + tuple(kv.shape[1:]))
+    row.index_copy_(0, routes.recv_pos, got)
+    row = row.permute(1, 2, 3, 0, 4)  # [2, B, H, L, D], a view: the kernels take strided K/V
     return row[0], row[1]
 
 
-def _scatter_dkv(dk, dv, plan, group, world):
-    """Each rank's dK/dV over the whole row -> the sum over ranks at this rank's positions (an all-to-all and a
-    sum in rank order: a deterministic reduce-scatter)."""
-    B, H, L, D = dk.shape
-    send = dk.new_empty((world, 2, B, H, L // world, D))
-    for r in range(world):
-        pos = plan.positions(r, dk.device)
-        send[r, 0] = dk.index_select(2, pos)
-        send[r, 1] = dv.index_select(2, pos)
-    return reduce_scatter_sum(send, group)  # [2, B, H, Ls, D]
+def _scatter_dkv(dk, dv, routes: _Routes, shard_len: int, group):
+    """The whole row's dK/dV of this rank's queries -> the sum over ranks at this rank's positions: each rank
+    returns the keys it received, and the owner adds them up source by source in rank order, in fp32
+    (deterministic)."""
+    dkv = torch.stack([dk, dv]).permute(3, 0, 1, 2, 4)  # [L, 2, B, H, D]
+    back = _exchange(dkv.index_select(0, routes.recv_pos), sum(routes.n_send), routes.n_send, routes.n_recv, group)
+    acc = torch.zeros((shard_len,) + tuple(dkv.shape[1:]), dtype=torch.float32, device=dk.device)
+    start = 0
+    for idx, n in zip(routes.send_local, routes.n_send):
+        acc.index_add_(0, idx, back[start:start + n].float())
+        start += n
+    return acc.permute(1, 2, 3, 0, 4)  # [2, B, H, Ls, D]
 
 
 class _ContextParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, plan, group, world, rank, scale, backend, win, window):
         q_pos = plan.positions(rank, q.device)
-        kf, vf = _gather_kv(k.detach(), v.detach(), plan, group, world)
+        routes = _Routes(plan, mask, window, rank, world, q.device)
+        kf, vf = _gather_kv(k.detach(), v.detach(), routes, plan.seq_len, group)
         inner = _Ctx()
         out, lse = _fn(backend).forward(inner, q.detach(), kf, vf, mask, scale, win, window, q_pos)
         _, _, _, o_saved, lse_saved, win_saved, stats = inner.saved_tensors
         del kf, vf, inner  # only the shards are kept
         ctx.save_for_backward(q, k, v, o_saved, lse_saved, win_saved, stats)
-        ctx.meta = (mask, plan, group, world, q_pos, scale, backend, window)
+        ctx.meta = (mask, plan, group, routes, q_pos, scale, backend, window)
         ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, out, lse, win, stats = ctx.saved_tensors
-        mask, plan, group, world, q_pos, scale, backend, window = ctx.meta
+        mask, plan, group, routes, q_pos, scale, backend, window = ctx.meta
         if dout is None:
             dout = torch.zeros_like(out)
-        kf, vf = _gather_kv(k, v, plan, group, world)
+        kf, vf = _gather_kv(k, v, routes, plan.seq_len, group)
         inner = _Ctx()
         inner.saved_tensors = (q, kf, vf, out, lse, win, stats)
         inner.mask, inner.scale, inner.window, inner.q_pos = mask, scale, window, q_pos
         dq, dk, dv = _fn(backend).backward(inner, dout.contiguous(), dlse)[:3]
         del inner, kf, vf
-        dkv = _scatter_dkv(dk, dv, plan, group, world)
+        dkv = _scatter_dkv(dk, dv, routes, plan.shard_len, group)
         return (dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype)) + (None,) * 9
 
 

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..mask import MMAMask
+from ..mask import KV_HI, KV_LO, WIN_KV_LO, MMAMask
 
 
 def mask_fingerprint(mask: MMAMask) -> torch.Tensor:
@@ -82,6 +82,7 @@ class ShardPlan:
             s = starts[self.assignment == r]
             self._pos.append((s[:, None] + torch.arange(chunk)[None, :]).flatten().contiguous())
         self._dev = {}
+        self._routes = {}
 
     # ------------------------------------------------------------------ positions
     def positions(self, rank: int, device=None) -> torch.Tensor:
@@ -116,6 +117,34 @@ class ShardPlan:
         out = torch.empty_like(cat)
         idx = self.order(cat.device)
         return out.index_copy_(dim if dim >= 0 else cat.dim() + dim, idx, cat)
+
+    def key_routes(self, mask: MMAMask, window: Optional[int] = None):
+        """``routes[s][r]``: the sorted positions of rank s's shard that some query of rank r may see, in any
+        batch row (a superset of the allowed keys: each query's key range ``[KV_LO, KV_HI]``, under the window).
+        Context parallelism sends rank r only these keys of rank s: a (query shard, key shard) pair without an
+        allowed pair moves nothing. O(L * world_size) from the mask's fields, cached per mask and window."""
+        key = (tuple(mask_fingerprint(mask).tolist()), window)
+        if key in self._routes:
+            return self._routes[key]
+        L, dev = self.seq_len, mask.device
+        lo = (mask.meta[:, KV_LO] if window is None else mask.window_fields(window)[:, WIN_KV_LO]).long()
+        hi = mask.meta[:, KV_HI].long()
+        B = lo.shape[0]
+        need = []
+        for r in range(self.world_size):
+            pos = self.positions(r, dev)
+            l, h = lo[:, pos], hi[:, pos]
+            real = (h >= l).long()  # padding queries see nothing
+            diff = torch.zeros(B, L + 1, dtype=torch.long, device=dev)
+            diff.scatter_add_(1, torch.where(real > 0, l, L), real)
+            diff.scatter_add_(1, torch.where(real > 0, h + 1, L), -real)
+            need.append((diff[:, :L].cumsum(dim=1) > 0).any(dim=0))
+        routes = []
+        for s_ in range(self.world_size):
+            ps = self.positions(s_, dev)
+            routes.append([ps[need[r][ps]] for r in range(self.world_size)])
+        self._routes[key] = routes
+        return routes
 
     def coarsen(self, factor: int) -> "ShardPlan":
         """The plan of `world_size // factor` ranks whose rank c holds the positions of this plan's ranks
