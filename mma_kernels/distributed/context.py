@@ -140,7 +140,8 @@ def context_parallel_attention(q, k, v, mask, plan, group=None, *, ulysses_group
 
     Returns out [B, Hq, L/P, D] (and lse [B, Hq, L/P], float32): exactly this rank's rows of the
     single-process `mma_attention` on the whole row. Differentiable in q, k, v; dK/dV reach their owners.
-    Per rank: forward one all-gather of K/V; backward one all-gather of K/V and one all-to-all of dK/dV.
+    Per rank: forward one all-to-all of the K/V its queries may see (an all-gather's bytes at most); backward
+    the same again and one all-to-all returning their dK/dV to the owners.
     """
     group, world, rank = resolve_group(group)
     if ulysses_group is None:
