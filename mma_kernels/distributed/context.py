@@ -1,18 +1,19 @@
-"""`context_parallel_attention`: the query shard stays, keys and values travel (all-gather, as Llama 3).
+"""`context_parallel_attention`: the query shard stays, keys and values travel (as Llama 3's all-gather, routed).
 
-Forward: all-gather this layer's K/V shards (the whole row's K/V, put back in row order), then one kernel
-call for this rank's query rows at their absolute positions (`q_positions`, the plan's) against the whole
-row's keys: the kernels skip every tile with no allowed pair from the mask's O(L) fields, so the work is
-this rank's allowed pairs (what the plan balances), and the softmax is complete in one pass (no partial
-results to merge). Only the local shards are saved for the backward, which all-gathers K/V again, runs the
-kernel's backward for the local queries, and returns each rank's dK/dV contributions to their owners with
-one all-to-all summed in rank order (a deterministic reduce-scatter).
+Forward: each rank receives the keys (and values) its queries may see, from their owners, by one uneven
+all-to-all (`ShardPlan.key_routes`: from the mask's per-query key ranges, O(L * P); a (query shard, key shard)
+pair without an allowed pair moves nothing; on one long sample this is an all-gather), placed in row order;
+then one kernel call for this rank's query rows at their absolute positions (`q_positions`, the plan's): the
+kernels skip every tile with no allowed pair, so the work is this rank's allowed pairs (what the plan
+balances), and the softmax is complete in one pass (no partial results to merge). Only the local shards are
+saved for the backward, which exchanges K/V again, runs the kernel's backward for the local queries, and sends
+each received key's dK/dV back to its owner, summed there source by source in rank order (deterministic).
 
-Why all-gather rather than ring pass-KV (`docs/distributed.md`, "Choosing", and `benchmarks/sp_cost.py`):
-the bytes moved are the same ((P-1)/P of the row's K/V per rank each way); a balanced plan gives every
-rank scattered chunks, so a ring step's key shard would be scattered too and the kernels would need key
+Why this rather than ring pass-KV (`docs/distributed.md`, "Choosing", and `benchmarks/sp_cost.py`): at most
+the same bytes ((P-1)/P of the row's K/V per rank each way), fewer on packed samples; a balanced plan gives
+every rank scattered chunks, so a ring step's key shard would be scattered too and the kernels would need key
 positions and lose their contiguous tile skipping; with GQA (Qwen2-VL: 4 KV heads for 28 query heads) the
-whole row's K/V is a small fraction of the activations. The cost is transient memory: the whole row's K/V
+whole row's K/V is a small fraction of the activations. The cost is transient memory: a whole-row K/V buffer
 of one layer (freed after the layer), which the cost model reports per shape.
 """
 from __future__ import annotations
@@ -139,7 +140,8 @@ def context_parallel_attention(q, k, v, mask, plan, group=None, *, ulysses_group
 
     Returns out [B, Hq, L/P, D] (and lse [B, Hq, L/P], float32): exactly this rank's rows of the
     single-process `mma_attention` on the whole row. Differentiable in q, k, v; dK/dV reach their owners.
-    Per rank: forward one all-gather of K/V; backward one all-gather of K/V and one all-to-all of dK/dV.
+    Per rank: forward one all-to-all of the K/V its queries may see (an all-gather's bytes at most); backward
+    the same again and one all-to-all returning their dK/dV to the owners.
     """
     group, world, rank = resolve_group(group)
     if ulysses_group is None:

@@ -6,8 +6,10 @@ per-token bounds, no L x L). The row is cut into ``k * P`` equal chunks (P = wor
 swaps off the most loaded rank). ``k = 1`` is contiguous chunking, ``k = 2`` with the pairing
 ``(r, 2P - 1 - r)`` is zigzag, which balances plain causal attention only; look-ahead, images, padding and
 packed documents move the work around, and a finer cut with a greedy assignment follows it. The plan tries
-``k = 1, 2, 4, 8, ...`` (chunks of at least `min_chunk` tokens) and keeps the coarsest cut whose
-max / mean allowed pairs per rank is at most `tolerance` (else the best cut it found).
+contiguous, zigzag, then finer cuts (``k`` dividing the shard length, about doubling: 2, 3 or 4, ...; chunks of
+at least `min_chunk` tokens) and keeps the coarsest cut whose max / mean allowed pairs per rank is at most
+`tolerance` (else the best cut it found). A shard length with many small factors (pad rows to a multiple of
+``P * 64``, say) leaves the most cuts to choose from.
 
 Rows of a batch share one plan: the work of a position is summed over the batch rows (every rank holds the
 same positions of every row). Rows must hold a multiple of the world size of tokens: the *caller* pads (with
@@ -48,7 +50,9 @@ def mask_fingerprint(mask: MMAMask) -> torch.Tensor:
 
 def pad_to_multiple(ids: torch.Tensor, world_size: int, value: Optional[int] = None) -> torch.Tensor:
     """`ids` [B, L] padded on the right to a multiple of `world_size` tokens with `value` (-1 for
-    ``modality_ids``); ``value=None`` repeats each row's last id (segment/document/group ids)."""
+    ``modality_ids``); ``value=None`` repeats each row's last id (segment/document/group ids). Pass
+    ``world_size * 64`` (say) rather than the world size: a shard length with many small factors leaves
+    `shard_plan` more cuts to balance with."""
     L = ids.shape[-1]
     extra = (-L) % world_size
     if not extra:
@@ -272,12 +276,20 @@ def shard_plan(mask: MMAMask, world_size: int, *, window: Optional[int] = None, 
     if n % 2 == 0:
         z = make(n // 2, assign_zigzag(P), "zigzag")
         best = z if z.imbalance < best.imbalance else best
-    k = 2
-    while best.imbalance > tolerance and n % k == 0 and n // k >= min(min_chunk, n):
+    last = 1
+    for k in _divisors(n):  # chunks per rank, coarsest first; about doubling (any divisor of the shard length)
+        if best.imbalance <= tolerance or n // k < min(min_chunk, n):
+            break
+        if k < 2 or k < 1.5 * last:
+            continue
+        last = k
         chunk = n // k
-        cw = _chunk_work(w, chunk)
-        cand = make(chunk, _assign_greedy(cw, P, k), "balanced")
+        cand = make(chunk, _assign_greedy(_chunk_work(w, chunk), P, k), "balanced")
         if cand.imbalance < best.imbalance - 1e-12:
             best = cand
-        k *= 2
     return best
+
+
+def _divisors(n: int):
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
