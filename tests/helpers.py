@@ -164,6 +164,18 @@ def record_count(prop: str, backend: str, cases: int, mismatches: int):
         f.write(json.dumps({"property": prop, "backend": backend, "cases": cases, "mismatches": mismatches}) + "\n")
 
 
+def fp32_floor(ref64, dtype) -> float:
+    """fp32 only: 32 units in the last place of the largest exact value (32 * eps32 * max|ref|, a relative 4e-6).
+    "2x plain PyTorch's error" alone depends on the CPU's BLAS kernels, not on our arithmetic: on this AMD EPYC
+    the same seeded fuzz cases (tests/test_fuzz.py triton-1/3, torch-0/1) fail at commit 3c90af0 that passed on the
+    earlier machines, and pass with OPENBLAS_CORETYPE=Sandybridge (the interpreter's dots are numpy's sgemm).
+    0 for fp16/bf16, whose rule stays exactly flash-attn's."""
+    if dtype != torch.float32:
+        return 0.0
+    fin = torch.isfinite(ref64)
+    return 32 * torch.finfo(torch.float32).eps * (ref64[fin].abs().max().item() if fin.any() else 0.0)
+
+
 def assert_rule(what: str, got, ref64, plain, dtype):
     """The flash-attn rule, as in FlashAttention-3's tests:
     |got - ref64| <= FACTOR * |plain - ref64| + |round_to_dtype(ref64) - ref64| (+1e-6),
@@ -178,7 +190,7 @@ def assert_rule(what: str, got, ref64, plain, dtype):
     err = (got - ref64)[fin].abs().max().item()
     perr = (plain - ref64)[fin].abs().max().item()
     rounding = (ref64[fin].to(store).double() - ref64[fin]).abs().max().item()
-    bound = FACTOR[what] * perr + rounding + 1e-6
+    bound = FACTOR[what] * perr + rounding + 1e-6 + fp32_floor(ref64, dtype)
     _record(dtype, what, err / bound)
     assert err <= bound, (f"{what}: max error {err:.3e} > {FACTOR[what]} x plain-PyTorch error {perr:.3e} "
                           f"+ {rounding:.1e} (rounding of the exact result to {store})")
