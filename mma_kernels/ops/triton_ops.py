@@ -162,6 +162,10 @@ def _mask_args(mask, win):
 
 
 def triton_forward(q, k, v, mask, scale, win=None, window=None):
+    from . import decode_ops
+
+    if decode_ops.use_decode(q):  # Lq <= 16: split-KV with GQA packing; same outputs, same backward
+        return decode_ops.decode_forward(q, k, v, mask, scale, win, window)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     keep32 = q.dtype != torch.float32 and HALF_DELTA == "fp32_out"
