@@ -165,7 +165,8 @@ def test_backward_runs_the_prefill_kernels(monkeypatch):
     """A gradient through a decode forward is exact: the backward runs the prefill's dQ and dK/dV kernels from
     the decode's out, lse and (fp32) row statistics (fp64 oracle, flash-attn rule, through out and lse)."""
     launched, launch = [], triton_ops._launch
-    monkeypatch.setattr(triton_ops, "_launch", lambda kind, *a, **kw: (launched.append(kind), launch(kind, *a, **kw))[-1])
+    monkeypatch.setattr(triton_ops, "_launch",
+                        lambda kind, *a, **kw: (launched.append(kind), launch(kind, *a, **kw))[-1])
     monkeypatch.setattr(decode_ops, "NUM_SPLITS", 3)
     for dtype in (torch.float32, torch.bfloat16):
         before = decode_ops.COUNTS["decode"]

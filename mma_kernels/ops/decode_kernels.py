@@ -9,10 +9,10 @@ per-row fields are those of position ``Lk - Lq + r``.
 The key blocks a program visits are the prefill forward's, reduced over the ``Lq`` query rows by the same
 helpers (`_key_block_ranges`, `_lookahead_split` in `triton_kernels.py`): masked tiles before the rows,
 unmasked tiles, diagonal tiles, look-ahead tiles. The blocks that hold work, ``[n_lo, c_hi)`` then
-``[a_lo, n_hi)``, are cut into ``NUM_SPLITS`` equal runs; split ``s`` runs the tiles of its run with the
-prefill's own tile function (`_fwd_tile`: the same online softmax and the same per-element rules). A split
-writes its rows' unnormalised fp32 accumulator, running max (base 2, scale folded in) and sum; the merge
-kernel combines the splits of each row in fp32 (``m = max m_s``, ``l = sum l_s 2^(m_s - m)``,
+``[a_lo, n_hi)``, are cut into ``NUM_SPLITS`` runs of equal length (up to one block); split ``s`` runs the tiles
+of its run with the prefill's own tile function (`_fwd_tile`: the same online softmax and the same per-element
+rules). A split writes its rows' unnormalised fp32 accumulator, running max (base 2, scale folded in) and sum;
+the merge kernel combines the splits of each row in fp32 (``m = max m_s``, ``l = sum l_s 2^(m_s - m)``,
 ``o = sum acc_s 2^(m_s - m) / l``), exactly the online softmax's own rescaling. With one split the decode
 kernel writes the output itself (``DIRECT``).
 
@@ -99,12 +99,12 @@ def mma_decode_kernel(Q, K, V, O, LSE, MROW, LINV, PACC, PM, PL, META, PADCUM, W
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, 0, Lq, Lk, _ROWS, BLOCK_N,
                                                win_b, swf, window, HAS_WINDOW)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, 0, Lq, Lk, n_lo, f_lo, f_hi, n_hi, _ROWS, BLOCK_N)
-    # this split's share of the blocks that hold work: [n_lo, c_hi) then [a_lo, n_hi), cut in equal runs
+    # this split's share of the blocks that hold work: [n_lo, c_hi) then [a_lo, n_hi), cut in runs whose
+    # lengths differ by at most one block
     w_c = c_hi - n_lo
     work = w_c + (n_hi - a_lo)
-    per = (work + NUM_SPLITS - 1) // NUM_SPLITS
-    v0 = tl.minimum(pid_s * per, work)
-    v1 = tl.minimum(v0 + per, work)
+    v0 = (pid_s * work) // NUM_SPLITS
+    v1 = ((pid_s + 1) * work) // NUM_SPLITS
     s_lo = n_lo + tl.minimum(v0, w_c)
     s_hi = n_lo + tl.minimum(v1, w_c)
     s_alo = a_lo + tl.maximum(v0 - w_c, 0)
