@@ -227,3 +227,24 @@ def test_benchmark_suite_degrades_on_cpu(tmp_path, capsys):
     status = {r["provider"]: r["status"] for r in recs}
     assert status["mma_decode"] == status["sdpa"] == "ok" and status["mma_prefill"] == "skipped"
     assert all(r["check_err"] <= r["check_tol"] for r in recs if r["status"] == "ok")
+
+
+def test_static_launch_counts(monkeypatch):
+    """The issue's step (B=1, Hq=32, Hkv=8, D=128, Lk=128K, bf16) as launched on a GPU, captured on meta tensors
+    (`benchmarks.static.decode`, no compilation): >= 2 x 132 programs, the K/V cache read once in all, evenly
+    over the programs; the prefill forward before it: 32 programs, each reading its KV head's whole cache."""
+    from benchmarks.static import decode as sd
+
+    monkeypatch.setattr(decode_ops, "interpreting", lambda: False)  # the GPU plan and launch
+    monkeypatch.setattr(triton_ops, "interpreting", lambda: False)
+    L = dict(sd.LAUNCH)
+    B, Hq, Hkv, D, Lk = L["batch"], L["heads_q"], L["heads_kv"], L["head_dim"], L["seqlen"]
+    launches = {s["kind"]: s for s in sd.capture(True, B, Hq, Hkv, D, Lk, 1, "bf16")}
+    p = decode_ops.plan(B, Hq, Hkv, 1, Lk, D, torch.device("meta"))
+    assert launches["decode"]["grid"] == (p.splits, B * Hkv) and p.splits * B * Hkv >= 2 * 132
+    assert launches["merge"]["grid"] == (B * Hq,)
+    cache = 2 * B * Hkv * Lk * D * 2
+    per = sd.kv_bytes(launches["decode"]["mask"], 1, decode_ops.MAX_ROWS, p.block_n, p.splits, D, 2)
+    assert sum(per) * B * Hkv == cache and max(per) - min(per) <= 2 * p.block_n * D * 2
+    (fwd,) = [s for s in sd.capture(False, B, Hq, Hkv, D, Lk, 1, "bf16") if s["kind"] == "fwd"]
+    assert sd.kv_bytes(fwd["mask"], 1, 128, 64, 1, D, 2) == [cache // Hkv]  # per query head: 4x the cache in all
