@@ -248,3 +248,24 @@ def test_static_launch_counts(monkeypatch):
     assert sum(per) * B * Hkv == cache and max(per) - min(per) <= 2 * p.block_n * D * 2
     (fwd,) = [s for s in sd.capture(False, B, Hq, Hkv, D, Lk, 1, "bf16") if s["kind"] == "fwd"]
     assert sd.kv_bytes(fwd["mask"], 1, 128, 64, 1, D, 2) == [cache // Hkv]  # per query head: 4x the cache in all
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("Lq", [1, 4, 16])
+def test_gpu_sizes(Lq):
+    """On a GPU (the plan's own splits and tiles): 8K + 7 keys, Hq 32 on 8 KV heads, D 128, bf16, left padding
+    and an image among the cache; the fp64 oracle and the flash-attn rule, and the launch took the decode path."""
+    mod, seg, doc = make_layout("left_pad", 2, 8192 + 7, seed=1)
+    case = make_case(mod.cuda(), seg.cuda(), doc.cuda(), "mma", Hq=32, Hkv=8, Lq=Lq, D=128, dtype=torch.bfloat16,
+                     seed=Lq)
+    q, k, v, dout, _ = (t.cuda() if t is not None else t for t in make_inputs(case))
+    mask = _mask(case)
+    before = decode_ops.COUNTS["decode"]
+    with torch.no_grad():
+        out, lse = mma_attention(q, k, v, mask, return_lse=True)
+    assert decode_ops.COUNTS["decode"] == before + 1
+    ok = oracle.allowed(case["mod"], case["seg"], case["doc"], "mma", q_len=Lq).cuda()
+    ref = oracle.attention64(q, k, v, ok, scale_of(case))
+    plain = plain_yardstick(q, k, v, ok, scale_of(case), dout, None)[:2]
+    for what, a, r, pl in zip(("out", "lse"), (out, lse), ref, plain):
+        assert_rule(what, a, r, pl, torch.bfloat16)
