@@ -40,7 +40,8 @@ def check_forward(case, splits=None, poison=False):
     with torch.no_grad():
         out, lse = mma_attention(q, k, v, mask, scale=case["scale"], return_lse=True, backend="triton",
                                  window=case["window"])
-    p = decode_ops.plan(case["B"], case["Hq"], case["Hkv"], case["Lq"], case["Lk"], case["D"], q.device)
+    p = decode_ops.plan(case["B"], case["Hq"], case["Hkv"], case["Lq"], case["Lk"], case["D"], q.device,
+                        mask.effective_window(case["window"]))
     assert decode_ops.COUNTS["decode"] == before.get("decode", 0) + 1, "the decode kernel did not run"
     assert decode_ops.COUNTS["merge"] == before.get("merge", 0) + (p.splits > 1)
     if splits is not None:

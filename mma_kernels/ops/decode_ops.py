@@ -15,7 +15,8 @@ Knobs (module attributes; tests set them):
   ``COUNTS["merge"]`` merges of split results: tests assert the path was taken.
 
 Split count: ``ceil(2 * SMs / (B * Hkv * chunks))`` programs per KV head (at least two waves of programs), at
-most one per ``MIN_SPLIT_BLOCKS`` key blocks and at most ``MAX_SPLITS``; 1 when the heads alone fill the GPU.
+most one per ``MIN_SPLIT_BLOCKS`` key blocks (of the keys in reach: ``window + Lq`` under a sliding window)
+and at most ``MAX_SPLITS``; 1 when the heads alone fill the GPU.
 Without a GPU (the interpreter, static compilation) the SM count is fixed at ``NO_GPU_SMS`` (an H100's 132),
 so the plan, and the results, are the same on every machine.
 """
@@ -74,8 +75,10 @@ def sm_count(device: torch.device) -> int:
     return NO_GPU_SMS
 
 
-def plan(B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, device: torch.device) -> Plan:
-    """Tile, packing and split count for one launch (host side, from shapes only)."""
+def plan(B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, device: torch.device, window=None) -> Plan:
+    """Tile, packing and split count for one launch (host side, from shapes only; under a sliding window the
+    keys a step sees are about ``window + Lq``, which bounds the useful splits: performance only, the kernel
+    cuts whatever range the mask gives into the splits it gets)."""
     if not 0 < Lq <= MAX_ROWS:
         raise ValueError(f"decode path: Lq must be in 1..{MAX_ROWS}, got {Lq}")
     group = Hq // Hkv
@@ -94,7 +97,7 @@ def plan(B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, device: torch.devi
         splits = int(NUM_SPLITS)
     else:
         base = max(1, B * Hkv * chunks)
-        blocks = triton.cdiv(Lk, block_n)
+        blocks = triton.cdiv(Lk if window is None else min(Lk, window + Lq), block_n)
         splits = max(1, min(triton.cdiv(2 * sms, base), triton.cdiv(blocks, MIN_SPLIT_BLOCKS), MAX_SPLITS))
     return Plan(heads, chunks, block_m, block_n, splits, warps, stages, sms)
 
@@ -117,7 +120,7 @@ def decode_forward(q, k, v, mask, scale, win=None, window=None):
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     meta.pop("EXACT_DELTA")
-    p = plan(B, Hq, Hkv, Lq, Lk, D, q.device)
+    p = plan(B, Hq, Hkv, Lq, Lk, D, q.device, window)
     keep32 = q.dtype != torch.float32 and triton_ops.HALF_DELTA == "fp32_out"
     o = torch.empty((B, Hq, Lq, D), dtype=torch.float32 if keep32 else q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
