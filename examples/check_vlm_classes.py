@@ -50,13 +50,23 @@ def batch(name, n_img=1):
         seg[b, a + 1:] = torch.arange(1, L - a)
         labels[b, a + 1:] = ids[b, a + 1:]
     inputs = dict(input_ids=ids, attention_mask=att, **pix)
-    if name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    if name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl") and takes_mm_token_types():
         inputs["mm_token_type_ids"] = (ids == tv.IMG).long()
     if name == "gemma3":  # the processor's token types: 1 on image tokens (bidirectional image blocks)
         inputs["token_type_ids"] = (mod == 1).long()
     if name == "paligemma":  # 0 on the prefix (image + prompt through the marker), 1 on the answer
         inputs["token_type_ids"] = (seg > 0).long()
     return inputs, mod, seg, labels
+
+
+def takes_mm_token_types() -> bool:
+    """Whether this transformers' Qwen-VL models take ``mm_token_type_ids`` (the processors' output from 5.x
+    releases after 5.0; 5.0 finds image positions from input_ids alone)."""
+    import inspect
+
+    from transformers import Qwen2VLModel
+
+    return "mm_token_type_ids" in inspect.signature(Qwen2VLModel.get_rope_index).parameters
 
 
 def own_rule(name, inputs):

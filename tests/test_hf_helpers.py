@@ -48,6 +48,30 @@ def model_pair(name: str, seed: int = 0, **over):
     return eager.float(), mma.float()
 
 
+def transformers_version():
+    """(major, minor) of the installed transformers."""
+    import transformers
+
+    return tuple(int(x) for x in transformers.__version__.split(".")[:2])
+
+
+def cache_names(model):
+    """The names this transformers' forward takes the KV cache by: ``cache`` (5.24+) and/or ``past_key_values``."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return [n for n in ("cache", "past_key_values") if n in params] or ["past_key_values"]
+
+
+def out_cache(out):
+    """The cache a forward returned, whatever the output field is called."""
+    for n in ("cache", "past_key_values"):
+        c = getattr(out, n, None)
+        if c is not None:
+            return c
+    return None
+
+
 def dense_allowed(mod, seg=None, doc=None, pairs=IMAGE_PAIRS, window=None):
     """bool [B, L, L] from the rule, with explicit loops: allowed(i, j) for query i, key j; a sliding `window`
     cuts the causal part only (i - j < window)."""

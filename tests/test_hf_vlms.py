@@ -95,13 +95,15 @@ def test_packed_mrope_rows_equal_per_sample_runs():
     eager, mma, _ = pair("qwen2_vl")
     mma.eval()
     feats, singles = [], []
-    for n, (pre, post) in enumerate((([1, 3], [10, 11, cv.ANS, 20, 21]), ([1], [12, cv.ANS, 22, 23, 24, 25]))):
+    # each image follows <|vision_start|> (118 in the tiny config), as the processor writes it: transformers 5.0
+    # finds images for M-RoPE by that marker (later releases by mm_token_type_ids)
+    for n, (pre, post) in enumerate((([1, 118], [10, 11, cv.ANS, 20, 21]), ([118], [12, cv.ANS, 22, 23, 24, 25]))):
         pix, per = tv.pixel_inputs("qwen2_vl", 1, seed=n)
         ids = torch.tensor([pre + [tv.IMG] * per + post])
-        mm = (ids == tv.IMG).long()
-        pos, _ = mma.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=pix["image_grid_thw"])
+        mm = dict(mm_token_type_ids=(ids == tv.IMG).long()) if cv.takes_mm_token_types() else {}
+        pos, _ = mma.model.get_rope_index(ids, image_grid_thw=pix["image_grid_thw"], **mm)
         with torch.no_grad():
-            singles.append(mma(input_ids=ids, mm_token_type_ids=mm, **pix).logits[0])
+            singles.append(mma(input_ids=ids, **mm, **pix).logits[0])
         labels = torch.where(torch.arange(ids.shape[1]) > (ids[0] == cv.ANS).nonzero()[0, 0], ids[0], -100)
         feats.append({"input_ids": ids[0], "labels": labels, "position_ids": pos[:, 0], **pix})
     assert pos.shape[0] == 3 and not torch.equal(pos[0], pos[1])  # real M-RoPE: rows differ at the image
@@ -118,12 +120,16 @@ def test_packed_mrope_rows_equal_per_sample_runs():
     want = torch.cat(singles)
     for got in (packed, no_doc, only_doc):
         torch.testing.assert_close(got, want, **TOL)
-    # the collator's default 2D positions would flatten M-RoPE at the images: refused, naming the fix
+    # the collator's default 2D positions would flatten M-RoPE at the images: they only mark the documents, the
+    # model computes its own 3D positions over the row (per document: the sample's own, shifted by a constant)
     flat = MMADataCollatorWithFlattening(image_token_id=tv.IMG, answer_token_id=cv.ANS,
                                          extra_keys=("pixel_values", "image_grid_thw"))(
         [{k: v for k, v in f.items() if k != "position_ids"} for f in feats])
-    with pytest.raises(ValueError, match=r"uses M-RoPE \(3D positions\) but got 2D position_ids"):
-        mma(**flat)
+    assert flat["position_ids"].dim() == 2
+    if mm:  # transformers after 5.0 finds the images for M-RoPE by the processor's mm_token_type_ids
+        flat["mm_token_type_ids"] = (flat["input_ids"] == tv.IMG).long()
+    with torch.no_grad():
+        torch.testing.assert_close(mma(**flat).logits[0], want, **TOL)
 
 
 # -------------------------------------------------------------------------------------------- rejections

@@ -32,6 +32,7 @@ def mma_ids_from_input_ids(
     answer_token_id: Optional[TokenIds] = None,
     attention_mask: Optional[torch.Tensor] = None,
     turn_token_id: Optional[TokenIds] = None,
+    document_ids: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(modality_ids, segment_ids), both int64 [B, L], from token ids.
 
@@ -44,6 +45,9 @@ def mma_ids_from_input_ids(
       none, e.g. a pretraining caption) get no look-ahead at all (one segment per token), so no
       supervised token can ever be seen early. Without ``answer_token_id`` (and without
       ``turn_token_id``) the whole row is one segment: only right for prompts that hold no answer.
+    - ``document_ids`` (packed rows): every rule above applies per document (a segment never crosses a
+      document boundary, and "after the last answer marker" means the last one of the token's document),
+      so a packed row gets the ids its samples would get one by one.
     """
     _check_2d_int("input_ids", input_ids)
     img = _token_set("image_token_id", image_token_id)
@@ -58,10 +62,27 @@ def mma_ids_from_input_ids(
     if ans is not None:
         is_ans = torch.isin(input_ids, ans.to(input_ids.device))
         breaks[:, 1:] |= is_ans[:, :-1]  # a segment closes with the answer marker
+    doc = None
+    if document_ids is not None:
+        _check_2d_int("document_ids", document_ids)
+        if document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids: expected shape {tuple(input_ids.shape)} (as input_ids), "
+                             f"got {tuple(document_ids.shape)}")
+        doc = document_ids.to(input_ids.device)
+        breaks[:, 1:] |= doc[:, 1:] != doc[:, :-1]
     seg = breaks.long().cumsum(dim=1)
-    if ans is not None:  # after the last marker (or with none): no look-ahead, one segment per token
-        open_tail = is_ans.flip(1).long().cumsum(dim=1).flip(1) == 0
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+    if ans is not None:  # after the last marker of its document (or with none): one segment per token
+        L = input_ids.shape[1]
+        after = is_ans.flip(1).long().cumsum(dim=1).flip(1)  # markers at or after each position, in the row
+        if doc is not None:  # ... minus those of later documents: counted from the next document's start
+            idx = torch.arange(L, device=input_ids.device).expand_as(doc)
+            last = torch.ones_like(breaks)
+            last[:, :-1] = doc[:, 1:] != doc[:, :-1]  # the last token of each document
+            end = torch.where(last, idx, L).flip(1).cummin(dim=1).values.flip(1)  # its document's last index
+            after_ext = torch.cat([after, after.new_zeros(after.shape[0], 1)], dim=1)
+            after = after - after_ext.gather(1, end + 1)
+        open_tail = after == 0
+        pos = torch.arange(L, device=input_ids.device)
         seg = torch.where(open_tail, seg[:, -1:] + 1 + pos, seg)
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
@@ -164,6 +185,9 @@ def fit_mma_ids(
         pos = position_ids.to(mod.device)
         pos = pos.expand(B, -1) if pos.dim() == 2 else pos.expand(pos.shape[0], B, -1)
         document_ids = _documents_from_positions(pos)
+        # segments and groups given over the whole row never cross a document found this way
+        seg = cut_segments(seg.long().to(mod.device), document_ids) if seg is not None else None
+        group_ids = cut_segments(group_ids.long().to(mod.device), document_ids) if group_ids is not None else None
     seg = seg.long() if seg is not None else None
     doc = document_ids.long() if document_ids is not None else None
     grp = group_ids.long() if group_ids is not None else None

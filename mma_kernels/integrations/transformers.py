@@ -24,8 +24,8 @@ from ..attention import _pick_backend
 from ..mask import MMAMask
 from ..validation import resolve_scale
 from .families import default_media_tokens, family_of, sub_configs, text_config_key
-from .ids import (_token_set, build_mma_mask, cut_segments, fit_mma_ids, group_ids_from_token_type_ids, label_starts,
-                  mma_ids_from_input_ids)
+from .ids import (_documents_from_positions, _token_set, build_mma_mask, cut_segments, fit_mma_ids,
+                  group_ids_from_token_type_ids, label_starts, mma_ids_from_input_ids)
 
 NAME = "mma"
 _ID_KEYS = ("modality_ids", "segment_ids", "document_ids", "group_ids")
@@ -88,6 +88,12 @@ def mma_mask_interface(batch_size, q_length=None, kv_length=None, q_offset=None,
     q_offset, kv_offset = _as_int(q_offset), _as_int(kv_offset)
     # a sliding-window cache past its window holds only the last keys (kv_offset > 0): the attention
     # function fits the mask to them; queries must still be the last keys the layer holds
+    if isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset + q_length > kv_offset + kv_length:
+        raise ValueError(
+            f"attn_implementation='mma': the queries' cache position (q_offset={q_offset}, q_length={q_length}) is "
+            f"past the {kv_offset + kv_length} keys the cache holds: transformers before 5.3 advances cache_position "
+            f"twice after a chunked prefill (prefill_chunk_size), which would shift every decoding position; "
+            f"upgrade transformers to 5.3 or later, or generate without prefill_chunk_size")
     if isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset + q_length != kv_offset + kv_length:
         raise ValueError(
             f"attn_implementation='mma': queries must be the last keys (q_offset + q_length == kv_offset + "
@@ -231,6 +237,20 @@ def register() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- apply_mma
+# What transformers has called the KV cache in `forward`/`generate` kwargs: `past_key_values` up to 5.23,
+# `cache` from 5.24 (`past_key_values` still accepted there, deprecated until 5.40).
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+def _cache_of(kw):
+    """The KV cache of a forward call, whatever this transformers calls it (None if absent)."""
+    for name in CACHE_NAMES:
+        c = kw.get(name, None)
+        if c is not None:
+            return c
+    return None
+
+
 def _past_length(past_key_values) -> int:
     if past_key_values is None:
         return 0
@@ -380,7 +400,7 @@ def _derive(model, input_ids, labels=None, document_ids=None, prompt=False):
     if c["image_token_id"] is None:
         return None, None
     mod, seg = mma_ids_from_input_ids(input_ids, c["image_token_id"], c["answer_token_id"],
-                                      turn_token_id=c["turn_token_id"])
+                                      turn_token_id=c["turn_token_id"], document_ids=document_ids)
     has_boundary = c["answer_token_id"] is not None or c["turn_token_id"] is not None or labels is not None
     if not has_boundary and not prompt and model.training and bool((mod == 1).any()):
         raise ValueError("apply_mma: training on a batch with images, but no way to find where answers start: pass "
@@ -392,6 +412,24 @@ def _derive(model, input_ids, labels=None, document_ids=None, prompt=False):
     if starts is not None or document_ids is not None:
         seg = cut_segments(seg, starts, document_ids)
     return mod, seg
+
+
+def packed_documents(kw, batch_size, length, device):
+    """Document ids [B, L] of a packed forward without a cache, or None: from ``cu_seq_lens_q`` (transformers'
+    flash-attention kwargs, e.g. ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)``), else from
+    restarting ``position_ids`` (2D, 3D or 4D M-RoPE) when no padding mask is in play."""
+    cu = kw.get("cu_seq_lens_q", None)
+    if isinstance(cu, torch.Tensor) and cu.dim() == 1 and batch_size == 1 and int(cu[-1]) == length:
+        idx = torch.arange(length, device=cu.device)
+        return (torch.searchsorted(cu[1:].contiguous(), idx, right=True)).view(1, length).to(device)
+    pos, att = kw.get("position_ids", None), kw.get("attention_mask", None)
+    if not isinstance(pos, torch.Tensor) or pos.shape[-1] != length or pos.dim() not in (2, 3):
+        return None
+    if att is not None and not bool(att.bool().all()):
+        return None
+    pos = pos.to(device)
+    pos = pos.expand(batch_size, -1) if pos.dim() == 2 else pos.expand(pos.shape[0], batch_size, -1)
+    return _documents_from_positions(pos)
 
 
 def _own_groups(model, kw, group_ids):
@@ -421,9 +459,11 @@ def _wrap(model, state):
         if x is None:
             raise ValueError("input_ids or inputs_embeds: one is required")
         B, q_len = x.shape[0], x.shape[1]
-        past_len = _past_length(kw.get("past_key_values", None))
+        past_len = _past_length(_cache_of(kw))
         if past_len == 0:
             group_ids = _own_groups(model, kw, group_ids)
+            if document_ids is None:
+                document_ids = packed_documents(kw, B, q_len, x.device)
         if modality_ids is None:
             if past_len == 0 and input_ids is not None:
                 modality_ids, seg = _derive(model, input_ids, kw.get("labels", None), document_ids)
@@ -437,10 +477,11 @@ def _wrap(model, state):
         pos = kw.get("position_ids", None)
         if (c["mrope"] and past_len == 0 and isinstance(pos, torch.Tensor) and pos.dim() == 2
                 and modality_ids is not None and bool((modality_ids == 1).any())):
-            raise ValueError(f"position_ids: {type(model).__name__} uses M-RoPE (3D positions) but got 2D position_ids "
-                             f"{tuple(pos.shape)} with images in the batch, which would flatten the image positions. "
-                             f"Leave position_ids out, or pass the model's own per-sample positions (e.g. from "
-                             f"model.model.get_rope_index; MMADataCollatorWithFlattening takes them per sample)")
+            # 2D positions (e.g. transformers' DataCollatorWithFlattening) on an M-RoPE model would flatten the
+            # images' 3D positions. They have served to find the documents; the model computes its own 3D
+            # positions over the row instead, which inside each document equal the sample's own positions up
+            # to one constant shift on every axis (RoPE scores depend on position differences only).
+            kw["position_ids"] = None
         args = dict(modality_ids=modality_ids, segment_ids=segment_ids, document_ids=document_ids,
                     attention_mask=att, position_ids=kw.get("position_ids", None), batch_size=B, device=x.device,
                     group_ids=group_ids, policy=c["policy"],
