@@ -158,6 +158,7 @@ def run(arch: int, launch=LAUNCH) -> List[Dict]:
                                f"(batch, KV head{', chunk' if p.chunks > 1 else ''}), {p.heads} query heads x {Lq} "
                                f"rows per tile", dk.mma_decode_kernel, after["decode"], arch, mask_lines,
                                p.programs(B, Hkv), per, cache, f"{p.block_m}x{p.block_n}", p.num_warps, p.num_stages))
+    recs[-1]["partial_bytes"] = 4 * B * Hq * Lq * p.splits * (D + 2) if p.splits > 1 else 0  # written, read once
     if "merge" in after:
         recs.append(analyse_launch("mma_decode_merge_kernel", "after: merge of the splits (one program per row)",
                                    dk.mma_decode_merge_kernel, after["merge"], arch, mask_lines,
@@ -188,6 +189,10 @@ def markdown(recs: List[Dict], head: Dict, launch=LAUNCH) -> str:
             f"{_mib(r['kv_bytes_total'])} | {'-' if r['kv_reads_over_cache'] is None else r['kv_reads_over_cache']} | "
             f"{r['regs']} | {r['spill_bytes']} | {r['smem_bytes'] / 1024:.0f} | {r['hgmma']} | {r['hmma']} | "
             f"{r['async_copy']} |")
+    part = [r for r in recs if r.get("partial_bytes")]
+    if part:
+        lines += ["", f"The splits' fp32 partials (accumulator, row max, row sum) add {_mib(part[0]['partial_bytes'])} "
+                  "MiB written by the decode kernel and read once by the merge."]
     return "\n".join(lines) + "\n"
 
 
