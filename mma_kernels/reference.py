@@ -28,6 +28,24 @@ def mma_attention_reference(
     (or the output's gradient) hold at padding positions never reaches a result or gradient.
     """
     check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES + (torch.float64,), window=window)
+    p, lse, q_ok, key_ok = _probs(q, k, mask, scale, window)
+    cdt = p.dtype
+    vf = torch.where(key_ok, v.to(cdt), 0.0).repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    out = torch.where(q_ok, torch.matmul(p, vf), 0.0).to(q.dtype)
+    return (out, lse.float() if cdt == torch.float32 else lse) if return_lse else out
+
+
+def mma_attention_weights(q: torch.Tensor, k: torch.Tensor, mask: MMAMask, scale: Optional[float] = None,
+                          window: Optional[int] = None) -> torch.Tensor:
+    """The attention probabilities [B, Hq, Lq, Lk] in q's dtype (0 where not allowed, rows of padding queries
+    all 0), in dense fp32 math: what ``output_attentions=True`` returns. O(Lq * Lk) memory: for debugging."""
+    check_attention_inputs(q, k, k, mask, scale, dtypes=SUPPORTED_DTYPES + (torch.float64,), window=window)
+    p, _, q_ok, _ = _probs(q, k, mask, scale, window)
+    return torch.where(q_ok, p, 0.0).to(q.dtype)
+
+
+def _probs(q, k, mask, scale, window):
+    """(probabilities [B, Hq, Lq, Lk] in fp32/fp64, lse [B, Hq, Lq], query-valid [B,1,Lq,1], key-valid [B,1,Lk,1])."""
     B, Hq, Lq, D = q.shape
     Hkv = k.shape[1]
     scale = resolve_scale(scale, D)
@@ -36,14 +54,11 @@ def mma_attention_reference(
     key_ok = (mask.field(DOC) >= 0)[:, None, :, None]  # padding is inert: zeroed before use
     q_ok = key_ok[:, :, mask.seq_len - Lq:]
     kf = torch.where(key_ok, k.to(cdt), 0.0).repeat_interleave(Hq // Hkv, dim=1)
-    vf = torch.where(key_ok, v.to(cdt), 0.0).repeat_interleave(Hq // Hkv, dim=1)
     s = torch.matmul(torch.where(q_ok, q.to(cdt), 0.0), kf.transpose(-1, -2)) * scale
     s = s.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    p = torch.exp(s - lse_safe[..., None])
-    out = torch.where(q_ok, torch.matmul(p, vf), 0.0).to(q.dtype)
-    return (out, lse.float() if cdt == torch.float32 else lse) if return_lse else out
+    return torch.exp(s - lse_safe[..., None]), lse, q_ok, key_ok
 
 
 def flex_mask_mod(

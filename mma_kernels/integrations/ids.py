@@ -17,7 +17,7 @@ def _token_set(name: str, value: Optional[TokenIds]) -> Optional[torch.Tensor]:
     vals = [value] if isinstance(value, int) and not isinstance(value, bool) else list(value)
     if not vals or not all(isinstance(x, int) and not isinstance(x, bool) for x in vals):
         raise TypeError(f"{name}: expected a token id (int) or a collection of ints, got {value!r}")
-    return torch.tensor(vals, dtype=torch.long)
+    return torch.tensor(vals, dtype=torch.long, device="cpu")  # not the default device (meta under a meta init)
 
 
 def _check_2d_int(name: str, t) -> None:

@@ -22,12 +22,16 @@ import torch
 
 from ..attention import _pick_backend
 from ..mask import MMAMask
-from ..validation import resolve_scale
+from ..validation import MAX_HEAD_DIM, MIN_HEAD_DIM, resolve_scale
 from .families import default_media_tokens, family_of, sub_configs, text_config_key
 from .ids import (_documents_from_positions, _token_set, build_mma_mask, cut_segments, fit_mma_ids,
                   group_ids_from_token_type_ids, label_starts, mma_ids_from_input_ids)
 
 NAME = "mma"
+# The transformers releases CI runs the Hugging Face tests on (.ci/run): the oldest supported and the newest a
+# fresh install gets. Older ones are refused at apply_mma; newer ones warn once.
+TESTED_TRANSFORMERS = ("5.0.0", "5.24.0")
+_warned_newer = False
 _ID_KEYS = ("modality_ids", "segment_ids", "document_ids", "group_ids")
 _GROUP_POLICY = {"image_blocks": "bidirectional_image", "prefix": "prefix"}
 
@@ -60,6 +64,7 @@ class _State:
         self.mask: Optional[MMAMask] = None
         self.build_args: Optional[dict] = None  # what built `mask`: re-fitted for caches holding fewer keys
         self.backend, self.own_rule = backend, own_rule
+        self.weights = False  # output_attentions: also return the dense probabilities (debugging)
 
 
 def _as_int(x):
@@ -188,8 +193,16 @@ def mma_attention_forward(module, query, key, value, attention_mask, dropout: fl
     window = mask.effective_window(window)
     win = mask.window_fields(window) if window is not None else None
     backend = _pick_backend(kwargs.get("mma_backend", None) or (state.backend if state else "auto"), query.device)
-    out, _ = mma_attention_op(query, key, value, mask, resolve_scale(scaling, query.shape[-1]), backend, win, window)
-    return out.transpose(1, 2).contiguous(), None
+    scale = resolve_scale(scaling, query.shape[-1])
+    out, _ = mma_attention_op(query, key, value, mask, scale, backend, win, window)
+    weights = None
+    want = state.weights if state is not None else (
+        kwargs.get("output_attentions", None) or getattr(getattr(module, "config", None), "output_attentions", False))
+    if want:  # output_attentions=True: the dense probabilities, O(Lq * Lk)
+        from ..reference import mma_attention_weights
+
+        weights = mma_attention_weights(query, key, mask, scale, window)
+    return out.transpose(1, 2).contiguous(), weights
 
 
 def _tail_mask(module, mask, state, spec, Lk, q_len, window):
@@ -279,6 +292,46 @@ def _check_model_features(model, text_cfg, text_key, own_rule) -> None:
                              f"is_causal=False) is not supported, {where}")
         if getattr(sub, "model_type", "") in ("gpt_oss",) or getattr(sub, "use_sinks", False):
             raise ValueError(f"apply_mma: attention sinks are not supported by the MMA kernel, {where}")
+        hd = _head_dim(sub)
+        if isinstance(hd, int) and not MIN_HEAD_DIM <= hd <= MAX_HEAD_DIM:
+            raise ValueError(f"apply_mma: head dim {hd} is out of the kernel's range {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, "
+                             f"{where}")
+
+
+def _version_tuple(v: str):
+    """(major, minor, patch) of a version string ("5.25.0.dev0" -> (5, 25, 0))."""
+    import re
+
+    nums = [int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3]]
+    return tuple(nums + [0] * (3 - len(nums)))
+
+
+def check_transformers_version(version: Optional[str] = None) -> None:
+    """Refuse a transformers older than the oldest tested release; warn once for one newer than the newest."""
+    global _warned_newer
+    import warnings
+
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    lo, hi = TESTED_TRANSFORMERS
+    v = _version_tuple(version)
+    if v < _version_tuple(lo):
+        raise RuntimeError(f"apply_mma: transformers {version} is older than the oldest supported release {lo} "
+                           f"(tested: {lo} .. {hi}); pip install 'transformers>={lo}'")
+    if v[:2] > _version_tuple(hi)[:2] and not _warned_newer:
+        _warned_newer = True
+        warnings.warn(f"apply_mma: transformers {version} is newer than the releases mma-kernels was tested with "
+                      f"({lo} .. {hi}); if generate() or the mask misbehaves, pin transformers=={hi} and report it",
+                      UserWarning, stacklevel=3)
+
+
+def _head_dim(cfg):
+    hd = getattr(cfg, "head_dim", None)
+    if hd is None and getattr(cfg, "hidden_size", None) and getattr(cfg, "num_attention_heads", None):
+        hd = cfg.hidden_size // cfg.num_attention_heads
+    return hd
 
 
 def _check_token_ids(name, value, vocab, allowed_oov):
@@ -316,6 +369,7 @@ def apply_mma(
     """
     if not hasattr(model, "config") or not hasattr(model, "set_attn_implementation"):
         raise TypeError(f"model: expected a transformers PreTrainedModel, got {type(model).__name__}")
+    check_transformers_version()
     from ..attention import BACKENDS
     from ..policy import policy_bits
 
@@ -393,12 +447,25 @@ def _by_keyword(fname, names, args, kwargs):
     return kwargs
 
 
+def _is_lm_head(model) -> bool:
+    """Whether the model predicts next tokens (its ``labels`` are token ids [B, L]); False for base models and
+    sequence/token classification or QA heads, whose labels are class ids and hold no answer to protect."""
+    can = getattr(model, "can_generate", None)
+    return bool(can()) if callable(can) else hasattr(model, "generate")
+
+
 def _derive(model, input_ids, labels=None, document_ids=None, prompt=False):
     """(modality_ids, segment_ids) from token ids (and labels / document ids), or (None, None).
     ``prompt``: a generation prompt (it holds no answer to protect, one segment per row is right)."""
     c = model._mma_config
     if c["image_token_id"] is None:
         return None, None
+    if not _is_lm_head(model):
+        # labels of a classification head are class ids: never segment boundaries; no token predicts the next,
+        # so nothing can leak and a classifier's row is one prompt. A base model (no head, no labels) keeps the
+        # training check below: its caller may compute a next-token loss.
+        prompt = prompt or labels is not None
+        labels = None
     mod, seg = mma_ids_from_input_ids(input_ids, c["image_token_id"], c["answer_token_id"],
                                       turn_token_id=c["turn_token_id"], document_ids=document_ids)
     has_boundary = c["answer_token_id"] is not None or c["turn_token_id"] is not None or labels is not None
@@ -442,9 +509,9 @@ def _own_groups(model, kw, group_ids):
 
 def _wrap(model, state):
     orig_forward = model.forward  # bound method
-    orig_generate = model.generate
+    orig_generate = getattr(model, "generate", None)  # base models and classification heads have none
     fsig, fnames = _positional_names(orig_forward)
-    _, gnames = _positional_names(orig_generate)
+    gnames = _positional_names(orig_generate)[1] if orig_generate is not None else []
 
     def _mask_for(kw, modality_ids, segment_ids, document_ids, group_ids):
         c = model._mma_config
@@ -502,10 +569,12 @@ def _wrap(model, state):
         elif not isinstance(mma_mask, MMAMask):
             raise TypeError(f"mma_mask: expected an MMAMask, got {type(mma_mask).__name__}")
         state.mask = mma_mask
+        state.weights = bool(kw.get("output_attentions", None) if kw.get("output_attentions", None) is not None
+                             else getattr(model.config, "output_attentions", False))
         try:
             return orig_forward(**kw)
         finally:
-            state.mask = None
+            state.mask, state.weights = None, False
 
     # generate() validates kwargs against the forward signature: expose the new ones
     params = [p for p in fsig.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
@@ -532,7 +601,8 @@ def _wrap(model, state):
         return orig_generate(**kw)
 
     model.forward = forward
-    model.generate = generate
+    if orig_generate is not None:
+        model.generate = generate
     model._mma_patched = True
 
 
