@@ -27,13 +27,16 @@ PAD_LEFT = (0, 3)
 
 
 def batch(name, n_img=1):
-    """Hand-laid rows: [pad]*p, 1, 3, <image>*n, 10, 11, 12, ANS, 20, 21, 22, with the ids the rule needs.
+    """Hand-laid rows: [pad]*p, 1, 3 (Qwen-VL: 118 = <|vision_start|>), <image>*n, 10, 11, 12, ANS, 20, 21, 22,
+    with the ids the rule needs.
 
     Returns (inputs for the model, expected modality ids, expected segment ids, labels)."""
     pix, per = tv.pixel_inputs(name, 2 * n_img)
     if per is None:  # LLaVA-NeXT / OneVision: tokens per image depend on the tiling; ask the model once
         per = 10
-    body = [1, 3] + [tv.IMG] * (per * n_img) + [10, 11, 12, ANS, 20, 21, 22]
+    # Qwen-VL: the image follows <|vision_start|> (118 in the tiny config), as its processor writes it
+    lead = [1, 118] if name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl") else [1, 3]
+    body = lead + [tv.IMG] * (per * n_img) + [10, 11, 12, ANS, 20, 21, 22]
     L = len(body) + max(PAD_LEFT)
     ids = torch.zeros(2, L, dtype=torch.long)
     att = torch.zeros(2, L, dtype=torch.long)

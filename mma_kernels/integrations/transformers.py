@@ -529,7 +529,8 @@ def _wrap(model, state):
         past_len = _past_length(_cache_of(kw))
         if past_len == 0:
             group_ids = _own_groups(model, kw, group_ids)
-            if document_ids is None:
+            if document_ids is None and (modality_ids is None or modality_ids.shape[-1] == q_len):
+                # (ids given over a prompt only, e.g. by generate, never span a packed row)
                 document_ids = packed_documents(kw, B, q_len, x.device)
         if modality_ids is None:
             if past_len == 0 and input_ids is not None:
