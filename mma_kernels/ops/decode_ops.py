@@ -14,7 +14,7 @@ Knobs (module attributes; tests set them):
 - ``COUNTS``: a `collections.Counter` of launches, ``COUNTS["decode"]`` forwards through the decode kernel and
   ``COUNTS["merge"]`` merges of split results: tests assert the path was taken.
 
-Split count: ``ceil(2 * SMs / (B * Hkv * chunks))`` programs per KV head (at least two waves of programs), at
+Split count: ``ceil(2 * SMs / (B * Hkv * chunks))`` programs per KV head (about two programs per SM), at
 most one per ``MIN_SPLIT_BLOCKS`` key blocks (of the keys in reach: ``window + Lq`` under a sliding window)
 and at most ``MAX_SPLITS``; 1 when the heads alone fill the GPU.
 Without a GPU (the interpreter, static compilation) the SM count is fixed at ``NO_GPU_SMS`` (an H100's 132),
