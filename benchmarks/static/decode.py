@@ -1,5 +1,8 @@
 """`python -m benchmarks.static.decode --arch 90 [--save]`: the decode path's launch and machine code, no GPU.
 
+Also compiles the decode kernel at other launches (`VARIANTS`: row packings of 16/32/64, fp32, head dims 80..256,
+groups and a window) at the tile the launcher picks for them, for registers and spills.
+
 One decoding step of a long conversation (default B=1, Hq=32, Hkv=8, D=128, Lk=128K, one query row, bf16):
 the launches of the prefill forward (``decode_ops.DECODE = "off"``, what decoding ran before) and of the decode
 path (split-KV kernel + merge), captured from the runtime's own launchers on ``meta`` tensors as
@@ -41,23 +44,27 @@ class _Capture:
         return lambda *args, **meta: self.sink.append(dict(kind=self.kind, grid=grid, args=args, meta=meta))
 
 
-def _mask(batch: int, seqlen: int):
+def _mask(batch: int, seqlen: int, groups: bool = False):
     from mma_kernels import MMAMask
 
     mod = torch.zeros(batch, seqlen, dtype=torch.int32)
     mod[:, seqlen // 8: seqlen // 8 + 576] = 1
-    return MMAMask(mod, torch.zeros_like(mod))
+    kw = dict(group_ids=torch.zeros_like(mod)) if groups else {}
+    return MMAMask(mod, torch.zeros_like(mod), **kw)
 
 
-def capture(decode: bool, batch, heads_q, heads_kv, head_dim, seqlen, q_len, dtype) -> List[Dict]:
-    """The launches of one forward (no grad), with the decode path on or off."""
+def capture(decode: bool, batch, heads_q, heads_kv, head_dim, seqlen, q_len, dtype, groups=False,
+            window=None) -> List[Dict]:
+    """The launches of one forward (no grad), with the decode path on or off (optionally with a second mutual
+    level and a sliding window: the kernels' optional paths)."""
     from benchmarks.static.capture import DTYPES
     from mma_kernels.ops import decode_ops, triton_ops
 
     dt = DTYPES[dtype]
     q = torch.empty(batch, heads_q, q_len, head_dim, device="meta", dtype=dt)
     k, v = (torch.empty(batch, heads_kv, seqlen, head_dim, device="meta", dtype=dt) for _ in range(2))
-    mask = _mask(batch, seqlen)
+    mask = _mask(batch, seqlen, groups)
+    extra = (mask.window_fields(window), window) if window else ()
     sink: List[Dict] = []
     saved = dict(triton_ops._tuned), dict(decode_ops._kernels), decode_ops.DECODE
     try:
@@ -67,7 +74,7 @@ def capture(decode: bool, batch, heads_q, heads_kv, head_dim, seqlen, q_len, dty
             decode_ops._kernels[kind] = _Capture(kind, sink)
         decode_ops.DECODE = "auto" if decode else "off"
         with torch.no_grad():
-            triton_ops.TritonMMAttention.apply(q, k, v, mask, head_dim ** -0.5)
+            triton_ops.TritonMMAttention.apply(q, k, v, mask, head_dim ** -0.5, *extra)
     finally:
         triton_ops._tuned.update(saved[0])
         decode_ops._kernels.update(saved[1])
@@ -166,6 +173,49 @@ def run(arch: int, launch=LAUNCH) -> List[Dict]:
     return recs
 
 
+# other decode launches (dtype, B, Hq, Hkv, D, Lk, Lq, groups, window): every packing of the tile's rows (16, 32,
+# 64), fp32, head dims 80 / 96 / 256, the optional paths; compiled at the plan's own tile (`decode_ops._gpu_tile`)
+VARIANTS = [("bf16", 1, 32, 8, 128, 8192, 1, False, None), ("fp16", 1, 32, 32, 96, 8192, 1, False, None),
+            ("bf16", 1, 32, 1, 128, 8192, 1, False, None), ("bf16", 1, 32, 8, 128, 8192, 16, False, None),
+            ("bf16", 1, 16, 2, 96, 8192, 7, False, None), ("fp16", 2, 28, 4, 80, 8192, 4, True, 1024),
+            ("fp32", 1, 32, 8, 64, 8192, 1, False, None), ("fp32", 1, 32, 4, 128, 8192, 16, False, None),
+            ("fp32", 1, 16, 2, 256, 8192, 4, False, None), ("fp16", 1, 8, 8, 256, 8192, 2, False, None),
+            ("fp16", 1, 32, 4, 256, 8192, 8, False, None)]
+
+
+def run_variants(arch: int) -> List[Dict]:
+    from benchmarks.static.sass import analyse, function_lines
+    from mma_kernels.ops import decode_kernels as dk
+
+    mask_lines = function_lines(*mask_functions())
+    out = []
+    for dtype, B, Hq, Hkv, D, Lk, Lq, groups, window in VARIANTS:
+        (launch,) = [s for s in capture(True, B, Hq, Hkv, D, Lk, Lq, dtype, groups, window) if s["kind"] == "decode"]
+        ck, meta = _compile(dk.mma_decode_kernel, launch, arch, 4, 1)
+        r = analyse(ck.asm["cubin"], arch, meta["num_warps"], int(ck.metadata.shared), mask_lines)
+        out.append(dict(dtype=dtype, batch=B, heads_q=Hq, heads_kv=Hkv, head_dim=D, seqlen=Lk, q_len=Lq,
+                        groups=groups, window=window, block_m=meta["BLOCK_M"], block_n=meta["BLOCK_N"],
+                        num_warps=meta["num_warps"], num_stages=meta["num_stages"], splits=meta["NUM_SPLITS"],
+                        programs=launch["grid"][0] * launch["grid"][1], regs=r["regs"], spill_bytes=r["spill_bytes"],
+                        smem_bytes=r["smem_bytes"], ctas_per_sm=r["ctas_per_sm"], hgmma=r["hgmma"], hmma=r["hmma"],
+                        async_copy=r["async_copy"]))
+        print(f"variant {out[-1]}", file=sys.stderr, flush=True)
+    return out
+
+
+def variants_markdown(recs: List[Dict]) -> str:
+    lines = ["", "## Other decode launches (the plan's own tile, sm_90)", "",
+             "| dtype | B | Hq/Hkv | D | Lk | Lq | groups, window | tile (rows x keys) | warps/stages | splits "
+             "| programs | regs | spill B | smem KB | CTAs/SM | HGMMA | HMMA | cp.async |", "|" + "---|" * 18]
+    for r in recs:
+        lines.append(f"| {r['dtype']} | {r['batch']} | {r['heads_q']}/{r['heads_kv']} | {r['head_dim']} | "
+                     f"{r['seqlen']} | {r['q_len']} | {'groups' if r['groups'] else '-'}, {r['window'] or '-'} | "
+                     f"{r['block_m']}x{r['block_n']} | {r['num_warps']}/{r['num_stages']} | {r['splits']} | "
+                     f"{r['programs']} | {r['regs']} | {r['spill_bytes']} | {r['smem_bytes'] / 1024:.0f} | "
+                     f"{r['ctas_per_sm']} | {r['hgmma']} | {r['hmma']} | {r['async_copy']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _mib(x):
     return f"{x / 2**20:.2f}" if x else "0"
 
@@ -203,17 +253,19 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, choices=(80, 90), default=90)
     p.add_argument("--save", action="store_true", help="write benchmarks/results/static/decode_sm<arch>.{json,md}")
     p.add_argument("--json", help="JSON output path")
+    p.add_argument("--no-variants", action="store_true", help="only the headline step, not the other launches")
     a = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("python -m benchmarks.static.decode compiles for a GPU: unset TRITON_INTERPRET")
     recs = run(a.arch)
+    more = [] if a.no_variants else run_variants(a.arch)
     head = dict(header(a.arch, argv), command="python -m benchmarks.static.decode " + " ".join(argv), launch=LAUNCH)
-    md = markdown(recs, head)
+    md = markdown(recs, head) + (variants_markdown(more) if more else "")
     js = a.json or (os.path.join(RESULTS, f"decode_sm{a.arch}.json") if a.save else None)
     if js:
         os.makedirs(os.path.dirname(os.path.abspath(js)), exist_ok=True)
         with open(js, "w", encoding="utf-8") as f:
-            json.dump(dict(header=head, records=recs), f, indent=1)
+            json.dump(dict(header=head, records=recs, variants=more), f, indent=1)
         with open(os.path.splitext(js)[0] + ".md", "w", encoding="utf-8") as f:
             f.write(md)
         print(f"wrote {js} and its .md", file=sys.stderr)

@@ -37,7 +37,10 @@ DECODE = "auto"
 NUM_SPLITS = None
 COUNTS: collections.Counter = collections.Counter()
 
-MAX_PACKED_ROWS = 64  # tile rows: query heads of a group x query rows; a larger group is cut into chunks
+# tile rows (query heads of a group x query rows) at most; a larger group is cut into chunks. Fewer for fp32
+# (its dot runs on FMAs: 32+ rows spill) and head dims over 128 (64 rows spill), see `_gpu_tile`.
+MAX_PACKED_ROWS = 64
+MAX_PACKED_ROWS_FP32, MAX_PACKED_ROWS_WIDE = 16, 32
 MAX_SPLITS = 64
 MIN_SPLIT_BLOCKS = 4  # a split gets at least this many key blocks (of the plan's BLOCK_N)
 NO_GPU_SMS = 132
@@ -75,21 +78,35 @@ def sm_count(device: torch.device) -> int:
     return NO_GPU_SMS
 
 
-def plan(B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, device: torch.device, window=None) -> Plan:
+def _gpu_tile(block_m: int, block_d: int, dtype) -> tuple:
+    """(BLOCK_N, num_warps, num_stages) on a GPU: spill-free on sm_90 for every packing of rows (16, 32, 64) at
+    head dims 64..128 in fp16/bf16, fp32, and head dims over 128 (checked by compiling each through
+    `benchmarks.static.decode`'s capture; 4 warps spill at 32 or 64 rows, fp32 at 64-key tiles)."""
+    if block_d > 128:
+        return 32, 8 if block_m >= 32 else 4, 2
+    if dtype == torch.float32:
+        return 32, 8, 3
+    return (64, 8, 3) if block_m >= 32 else (64, 4, 3)
+
+
+def plan(B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, device: torch.device, window=None,
+         dtype=torch.bfloat16) -> Plan:
     """Tile, packing and split count for one launch (host side, from shapes only; under a sliding window the
     keys a step sees are about ``window + Lq``, which bounds the useful splits: performance only, the kernel
     cuts whatever range the mask gives into the splits it gets)."""
     if not 0 < Lq <= MAX_ROWS:
         raise ValueError(f"decode path: Lq must be in 1..{MAX_ROWS}, got {Lq}")
     group = Hq // Hkv
-    heads = max(1, min(group, MAX_PACKED_ROWS // Lq))
+    block_d = max(16, triton.next_power_of_2(D))
+    rows = (MAX_PACKED_ROWS_FP32 if dtype == torch.float32 else MAX_PACKED_ROWS_WIDE if block_d > 128
+            else MAX_PACKED_ROWS)
+    heads = max(1, min(group, rows // Lq))
     chunks = -(-group // heads)
     block_m = max(16, triton.next_power_of_2(heads * Lq))
-    block_d = max(16, triton.next_power_of_2(D))
     if interpreting():
         block_n, warps, stages = INTERPRET_BLOCK_N, 4, 1
     else:
-        block_n, warps, stages = (64, 4, 3) if block_d <= 128 else (32, 4, 2)
+        block_n, warps, stages = _gpu_tile(block_m, block_d, dtype)
     sms = sm_count(device)
     if NUM_SPLITS is not None:
         if int(NUM_SPLITS) < 1:
@@ -120,7 +137,7 @@ def decode_forward(q, k, v, mask, scale, win=None, window=None):
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     meta.pop("EXACT_DELTA")
-    p = plan(B, Hq, Hkv, Lq, Lk, D, q.device, window)
+    p = plan(B, Hq, Hkv, Lq, Lk, D, q.device, window, q.dtype)
     keep32 = q.dtype != torch.float32 and triton_ops.HALF_DELTA == "fp32_out"
     o = torch.empty((B, Hq, Lq, D), dtype=torch.float32 if keep32 else q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
