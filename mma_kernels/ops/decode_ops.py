@@ -38,9 +38,9 @@ NUM_SPLITS = None
 COUNTS: collections.Counter = collections.Counter()
 
 # tile rows (query heads of a group x query rows) at most; a larger group is cut into chunks. Fewer for fp32
-# (its dot runs on FMAs: 32+ rows spill) and head dims over 128 (64 rows spill), see `_gpu_tile`.
+# (its dot runs on FMAs: 32+ rows spill) and head dims over 128 (32 rows spill), see `_gpu_tile`.
 MAX_PACKED_ROWS = 64
-MAX_PACKED_ROWS_FP32, MAX_PACKED_ROWS_WIDE = 16, 32
+MAX_PACKED_ROWS_FP32, MAX_PACKED_ROWS_WIDE = 16, 16
 MAX_SPLITS = 64
 MIN_SPLIT_BLOCKS = 4  # a split gets at least this many key blocks (of the plan's BLOCK_N)
 NO_GPU_SMS = 132
@@ -80,12 +80,13 @@ def sm_count(device: torch.device) -> int:
 
 def _gpu_tile(block_m: int, block_d: int, dtype) -> tuple:
     """(BLOCK_N, num_warps, num_stages) on a GPU: spill-free on sm_90 for every packing of rows (16, 32, 64) at
-    head dims 64..128 in fp16/bf16, fp32, and head dims over 128 (checked by compiling each through
-    `benchmarks.static.decode`'s capture; 4 warps spill at 32 or 64 rows, fp32 at 64-key tiles)."""
-    if block_d > 128:
-        return 32, 8 if block_m >= 32 else 4, 2
-    if dtype == torch.float32:
-        return 32, 8, 3
+    head dims up to 128 in fp16/bf16 and fp32, and at head dim 256 in fp16/bf16 (`python -m
+    benchmarks.static.decode`, its VARIANTS table; 4 warps spill at 32 or 64 rows, fp32 at wider key tiles or
+    more rows, head dim 256 at 32 rows). fp32 at head dim 256 spills (about 0.9 KB) at every tile tried."""
+    if dtype == torch.float32:  # 16 rows (MAX_PACKED_ROWS_FP32); above head dim 128 every tile tried spills
+        return (32 if block_d <= 64 else 16), 8, 3
+    if block_d > 128:  # 16 rows (MAX_PACKED_ROWS_WIDE)
+        return 32, 4, 2
     return (64, 8, 3) if block_m >= 32 else (64, 4, 3)
 
 
