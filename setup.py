@@ -12,10 +12,10 @@ setup(
     install_requires=["torch>=2.5", "numpy"],
     extras_require={
         "triton": ["triton>=3.2"],
-        "hf": ["transformers>=4.56", "safetensors"],
-        "aki": ["transformers>=4.56", "safetensors", "pillow", "tqdm"],
+        "hf": ["transformers>=5.0", "safetensors"],
+        "aki": ["transformers>=5.0", "safetensors", "pillow", "tqdm"],
         "bench": ["matplotlib", "tqdm"],
-        "test": ["pytest", "pytest-xdist", "hypothesis", "triton>=3.2", "transformers>=4.56", "safetensors",
+        "test": ["pytest", "pytest-xdist", "hypothesis", "triton>=3.2", "transformers>=5.0", "safetensors",
                  "accelerate>=1.1", "pillow", "tqdm", "matplotlib"],  # accelerate: transformers.Trainer (example)
     },
     entry_points={"console_scripts": ["mma-bench=benchmarks.__main__:main"]},

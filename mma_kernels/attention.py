@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .mask import MMAMask
-from .validation import check_attention_inputs, resolve_scale
+from .validation import check_attention_inputs, check_query_positions, resolve_scale
 
 BACKENDS = ("auto", "triton", "torch", "flex")
 
@@ -83,4 +83,39 @@ def mma_attention(
     else:
         from .ops.torch_ops import TorchMMAttention as Fn
     out, lse = Fn.apply(q, k, v, mask, scale, win, window)
+    return (out, lse) if return_lse else out
+
+
+def mma_attention_at(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MMAMask,
+    q_positions: torch.Tensor,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+    backend: str = "auto",
+    window: Optional[int] = None,
+):
+    """`mma_attention` for query rows at arbitrary absolute positions (a context-parallel query shard).
+
+    Same as `mma_attention`, except that query row ``r`` sits at absolute position ``q_positions[r]``
+    (an integer tensor [Lq], strictly increasing, in ``0..Lk-1``, on q's device) instead of
+    ``Lk - Lq + r``. The rule, padding, GQA, groups and windows are unchanged: row ``r`` gets exactly
+    the output, lse and gradients it would get as row ``q_positions[r]`` of the whole-row call.
+    Backends ``"torch"`` and ``"triton"`` (not ``"flex"``); not traced by ``torch.compile``.
+    """
+    check_attention_inputs(q, k, v, mask, scale, window=window)
+    check_query_positions(q_positions, q.shape[2], k.shape[2], q.device)
+    scale = resolve_scale(scale, q.shape[-1])
+    picked = _pick_backend(backend, q.device)
+    if picked == "flex":
+        raise ValueError("backend: 'flex' does not take q_positions; use 'torch' or 'triton' (or 'auto')")
+    window = mask.effective_window(window)
+    win = mask.window_fields(window) if window is not None else None
+    if picked == "triton":
+        from .ops.triton_ops import TritonMMAttention as Fn
+    else:
+        from .ops.torch_ops import TorchMMAttention as Fn
+    out, lse = Fn.apply(q, k, v, mask, scale, win, window, q_positions.long())
     return (out, lse) if return_lse else out

@@ -301,6 +301,11 @@ class MMAMask:
     def num_allowed(self, q_len: Optional[int] = None, window: Optional[int] = None) -> torch.Tensor:
         """Number of allowed (query, key) pairs per batch row, int64 [B], computed in O(L)."""
         off = self.query_offset(q_len)
+        return self.allowed_per_query(window)[:, off:].sum(dim=1)
+
+    def allowed_per_query(self, window: Optional[int] = None) -> torch.Tensor:
+        """Number of keys each position may see as a query, int64 [B, Lk] (0 for padding), in O(L): the
+        attention work of each query row (the sequence-parallel plans balance its sums)."""
         window = self.effective_window(window)
         m = self.meta.long()
         L = self.seq_len
@@ -336,7 +341,7 @@ class MMAMask:
             c = torch.maximum(a, w_lo)
             overlap = cnt[:, 1:] - cnt.gather(1, c.clamp(max=L))  # keys of modality k in [max(lo_k, w_lo), i]
             total = total + torch.where(some, inside - overlap.clamp(min=0), 0)
-        return total[:, off:].sum(dim=1)
+        return total
 
 
 def _check_contiguous(name: str, ids: torch.Tensor, valid: torch.Tensor, start: torch.Tensor) -> None:

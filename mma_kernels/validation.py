@@ -131,3 +131,24 @@ def check_attention_inputs(q, k, v, mask, scale, dtypes=SUPPORTED_DTYPES, window
 def resolve_scale(scale, head_dim: int) -> float:
     s = check_scale(scale)
     return s if s is not None else head_dim ** -0.5
+
+
+def check_query_positions(q_positions, q_len: int, k_len: int, device) -> None:
+    """Absolute positions of the query rows: int LongTensor [Lq], strictly increasing, in 0..Lk-1, on q's device.
+    One host sync (O(Lq))."""
+    if not isinstance(q_positions, torch.Tensor):
+        raise TypeError(f"q_positions: expected a torch.Tensor of integers, got {type(q_positions).__name__}")
+    if q_positions.dtype not in _INT_DTYPES:
+        raise TypeError(f"q_positions: expected an integer dtype, got {q_positions.dtype}")
+    if tuple(q_positions.shape) != (q_len,):
+        raise ValueError(f"q_positions: expected shape ({q_len},) (one position per query row), "
+                         f"got {tuple(q_positions.shape)}")
+    if q_positions.device != device:
+        raise ValueError(f"q_positions: on device {q_positions.device}, but q is on {device}")
+    if q_len == 0:
+        return
+    p = q_positions.long()
+    lo, hi = int(p[0]), int(p[-1])
+    if lo < 0 or hi >= k_len or bool((p[1:] <= p[:-1]).any()):
+        raise ValueError(f"q_positions: must be strictly increasing positions in 0..{k_len - 1} (the keys' "
+                         f"length), got first {lo}, last {hi}")

@@ -11,7 +11,15 @@ if not HAS_CUDA and "triton" not in sys.modules:
 import pytest  # noqa: E402
 
 
+# Modules that exercise the Hugging Face integration: marked `hf`, so CI can run them again on the oldest
+# transformers it supports (`.ci/run`: `pytest -m hf` in a second environment).
+HF_MODULES = ("test_hf_", "test_aki_", "test_readme", "test_compat", "test_distributed")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.startswith(HF_MODULES):
+            item.add_marker(pytest.mark.hf)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

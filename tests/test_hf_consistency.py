@@ -7,7 +7,6 @@ Classes: the twelve VLMs of the README table (tiny random configs, `examples/tin
 import re
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import check_vlm_classes as cv  # noqa: E402
 import tiny_vlms as tv  # noqa: E402
-from test_hf_helpers import _one_thread, cache_names, out_cache  # noqa: E402,F401
+from test_hf_helpers import (_one_thread, cache_names, disable_checkpointing, enable_checkpointing,  # noqa: E402,F401
+                             out_cache)
 
 from mma_kernels import apply_mma  # noqa: E402
 
@@ -66,21 +66,6 @@ def _row(inputs, b, name):
         else:
             out[k] = v
     return out
-
-
-def _enable_checkpointing(model):
-    kw = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5.24
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-
-
-def _disable_checkpointing(model):
-    fn = getattr(model, "activation_checkpointing_disable", None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        (fn or model.gradient_checkpointing_disable)()
 
 
 @pytest.mark.parametrize("name", CLASSES)
@@ -135,14 +120,14 @@ def test_consistency(name):
         model(**inputs, labels=labels).loss.backward()
         ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
-        _enable_checkpointing(model)
+        enable_checkpointing(model)
         model(**inputs, labels=labels).loss.backward()
         got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         assert got.keys() == ref.keys() and ref
         for n in ref:
             torch.testing.assert_close(got[n], ref[n], atol=1e-6, rtol=1e-5, msg=n)
     finally:
-        _disable_checkpointing(model)
+        disable_checkpointing(model)
         model.eval()
 
 

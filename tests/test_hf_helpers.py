@@ -55,6 +55,19 @@ def transformers_version():
     return tuple(int(x) for x in transformers.__version__.split(".")[:2])
 
 
+def enable_checkpointing(model):
+    """Gradient (activation) checkpointing, non-reentrant, by this transformers' name for it (5.24 renamed it)."""
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+
+def disable_checkpointing(model):
+    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
 def cache_names(model):
     """The names this transformers' forward takes the KV cache by: ``cache`` (5.24+) and/or ``past_key_values``."""
     import inspect

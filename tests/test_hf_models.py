@@ -7,7 +7,8 @@ level, ~1e-7 relative per op), amplified through 2 layers and an lm head over 96
 import pytest
 import torch
 
-from test_hf_helpers import (_one_thread, MODELS, additive, dense_allowed, model_pair, multimodal_batch, tiny_config,
+from test_hf_helpers import (_one_thread, MODELS, additive, dense_allowed, enable_checkpointing, model_pair,
+                             multimodal_batch, tiny_config,
                              transformers)
 
 import mma_kernels
@@ -108,7 +109,7 @@ def test_mask_built_once_per_forward(monkeypatch, patched):
 def test_training_curve_and_gradient_checkpointing(name):
     eager, mma = model_pair(name)
     apply_mma(mma, image_token_id=IMG)  # no answer marker: segments from labels (answer-only supervision)
-    mma.gradient_checkpointing_enable()
+    enable_checkpointing(mma)
     eager.train(), mma.train()
     ids, att, mod, seg, pos, labels = _inputs(24)
     dense = additive(dense_allowed(mod, seg))

@@ -15,6 +15,9 @@ import torch
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
+# every Python block of docs/*.md runs as pasted too, with the same checks
+DOC_BLOCKS = [(path.name, b) for path in sorted((README.parent / "docs").glob("*.md"))
+              for b in re.findall(r"```python\n(.*?)```", path.read_text(), re.S)]
 
 
 def _picture():
@@ -126,4 +129,13 @@ def test_readme_snippet_runs(i, capsys):
     if "apply_mma(" in BLOCKS[i]:
         assert "hf" in checks, "the transformers snippet changed: update check_hf"
     for check in checks.values():
+        check()
+
+
+@pytest.mark.parametrize("i", range(len(DOC_BLOCKS)), ids=[f"{n}-{i}" for i, (n, _) in enumerate(DOC_BLOCKS)])
+def test_docs_snippet_runs(i):
+    name, block = DOC_BLOCKS[i]
+    ns = {}
+    exec(compile(block, f"docs/{name} block {i}", "exec"), ns)
+    for check in dict(checks_for(block, ns)).values():
         check()

@@ -65,6 +65,7 @@ class _State:
         self.build_args: Optional[dict] = None  # what built `mask`: re-fitted for caches holding fewer keys
         self.backend, self.own_rule = backend, own_rule
         self.weights = False  # output_attentions: also return the dense probabilities (debugging)
+        self.sp = None  # sequence_parallel.SPState with apply_mma(..., sp_group=...)
 
 
 def _as_int(x):
@@ -183,6 +184,11 @@ def mma_attention_forward(module, query, key, value, attention_mask, dropout: fl
     if window is None:
         window = getattr(module, "sliding_window", None)
     state = getattr(module, "_mma_state", None)
+    if state is not None and state.sp is not None and state.sp.plan is not None:  # this rank's shard of the row
+        backend = _pick_backend(kwargs.get("mma_backend", None) or state.backend, query.device)
+        mask = _get_mask(module, attention_mask, state.sp.plan.seq_len, B, query.device, kwargs)  # the whole row's
+        out = state.sp.attention(query, key, value, mask, resolve_scale(scaling, query.shape[-1]), backend, window)
+        return out.transpose(1, 2).contiguous(), None
     mask = _get_mask(module, attention_mask, Lk, B, query.device, kwargs)
     if mask.seq_len != Lk:
         mask = _tail_mask(module, mask, state, attention_mask, Lk, query.shape[2], window)
@@ -349,6 +355,8 @@ def apply_mma(
     turn_token_id=None,
     backend: str = "auto",
     tokenizer=None,
+    sp_group=None,
+    sp_mode: str = "ulysses",
 ):
     """Switch a loaded transformers decoder or VLM to modality-mutual attention, in place; returns it.
 
@@ -366,6 +374,12 @@ def apply_mma(
 
     Training (``model.training``) on a batch with images and no way to find the answer boundary
     (no labels, no answer/turn token) raises. A batch without image tokens is plain causal.
+
+    Sequence parallelism (training): ``sp_group`` (a process group; every rank of it calls the model on the
+    same whole row) and ``sp_mode`` (``"ulysses"``: heads scattered; ``"context"``: K/V gathered). The decoder
+    layers run on this rank's positions of a balanced plan (``model._mma_state.sp.plan``); the model returns
+    those positions' logits and this rank's share of the loss (shares and gradients sum to the single-process
+    ones over the group: `mma_kernels.integrations.sequence_parallel.sum_gradients`). See docs/distributed.md.
     """
     if not hasattr(model, "config") or not hasattr(model, "set_attn_implementation"):
         raise TypeError(f"model: expected a transformers PreTrainedModel, got {type(model).__name__}")
@@ -406,13 +420,17 @@ def apply_mma(
                 c._attn_implementation_internal = NAME
             elif c._attn_implementation != before[k]:
                 c._attn_implementation_internal = before[k]
+    from .sequence_parallel import SPState, install
+
+    sp = SPState(sp_group, sp_mode) if sp_group is not None else None
     state = getattr(model, "_mma_state", None) or _State()
-    state.backend, state.own_rule = backend, fam.own_rule
+    state.backend, state.own_rule, state.sp = backend, fam.own_rule, sp
     model._mma_state = state
     for m in _language_model(model, text_cfg).modules():  # only the language model's layers see the mask
         m._mma_state = state
     model._mma_config = dict(image_token_id=image_token_id, answer_token_id=answer_token_id, policy=policy,
                              turn_token_id=turn_token_id, own_rule=fam.own_rule, mrope=fam.mrope)
+    install(model, text_cfg, sp)
     if getattr(model, "_mma_patched", False):
         return model
     _wrap(model, state)
@@ -507,6 +525,26 @@ def _own_groups(model, kw, group_ids):
     return group_ids_from_token_type_ids(kw["token_type_ids"], rule)
 
 
+def _forward_sequence_parallel(orig_forward, kw, state):
+    """The whole row in, this rank's shard of the decoder out: logits at ``plan.positions(rank)`` and this rank's
+    share of the whole row's loss (the model's own loss would pair shard logits with whole-row labels)."""
+    if state.weights:
+        raise ValueError("output_attentions: not supported with sp_group (each rank holds a shard of the rows)")
+    if _cache_of(kw) is not None:
+        raise ValueError("cache: a KV cache is not supported with sp_group (sequence parallelism is for training)")
+    labels = kw.pop("labels", None)
+    kw["use_cache"] = False
+    sp = state.sp
+    sp.begin(state.mask)  # the plan stays until the next forward: gradient checkpointing recomputes with it
+    try:
+        out = orig_forward(**kw)
+    finally:
+        state.mask, state.weights = None, False
+    if labels is not None:
+        out["loss"] = sp.loss(out.logits, labels)
+    return out
+
+
 def _wrap(model, state):
     orig_forward = model.forward  # bound method
     orig_generate = getattr(model, "generate", None)  # base models and classification heads have none
@@ -572,6 +610,8 @@ def _wrap(model, state):
         state.mask = mma_mask
         state.weights = bool(kw.get("output_attentions", None) if kw.get("output_attentions", None) is not None
                              else getattr(model.config, "output_attentions", False))
+        if state.sp is not None:
+            return _forward_sequence_parallel(orig_forward, kw, state)
         try:
             return orig_forward(**kw)
         finally:
@@ -586,6 +626,9 @@ def _wrap(model, state):
 
     @functools.wraps(orig_generate)
     def generate(*args, modality_ids=None, segment_ids=None, document_ids=None, group_ids=None, **kwargs):
+        if state.sp is not None:
+            raise ValueError("generate: not supported on a model patched with sp_group (sequence parallelism is for "
+                             "training); apply_mma(model) again without sp_group to generate")
         kw = _by_keyword("generate", gnames, args, kwargs)
         input_ids = kw.get("inputs", None)
         if input_ids is None:

@@ -180,17 +180,28 @@ def _load_key_fields(meta_b, smf, pos, ok, HAS_GROUPS: tl.constexpr):
 
 @triton.jit
 def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      win_b=None, swf=0, window=0, HAS_WINDOW: tl.constexpr = False):
-    """For query rows [row_start, row_start+BLOCK_M): key blocks to visit [n_lo, n_hi) and fully allowed [f_lo, f_hi)."""
+                      win_b=None, swf=0, window=0, HAS_WINDOW: tl.constexpr = False, QPOS=None,
+                      HAS_QPOS: tl.constexpr = False):
+    """For query rows [row_start, row_start+BLOCK_M): key blocks to visit [n_lo, n_hi) and fully allowed [f_lo, f_hi).
+    HAS_QPOS: the rows sit at the increasing absolute positions QPOS[row] (else at row + Lk - Lq)."""
     off = Lk - Lq
     rows = row_start + tl.arange(0, BLOCK_M)
     ok = rows < Lq
-    doc_lo = tl.load(meta_b + 4 * smf + off + rows, mask=ok, other=Lk)
-    if HAS_WINDOW:
-        kv_lo = tl.load(win_b + 0 * swf + off + rows, mask=ok, other=Lk)
+    if HAS_QPOS:
+        rpos = tl.load(QPOS + rows, mask=ok, other=0)
+        doc_lo = tl.load(meta_b + 4 * smf + rpos, mask=ok, other=Lk)
+        if HAS_WINDOW:
+            kv_lo = tl.load(win_b + 0 * swf + rpos, mask=ok, other=Lk)
+        else:
+            kv_lo = doc_lo
+        kv_hi = tl.load(meta_b + 5 * smf + rpos, mask=ok, other=-1)
     else:
-        kv_lo = doc_lo
-    kv_hi = tl.load(meta_b + 5 * smf + off + rows, mask=ok, other=-1)
+        doc_lo = tl.load(meta_b + 4 * smf + off + rows, mask=ok, other=Lk)
+        if HAS_WINDOW:
+            kv_lo = tl.load(win_b + 0 * swf + off + rows, mask=ok, other=Lk)
+        else:
+            kv_lo = doc_lo
+        kv_hi = tl.load(meta_b + 5 * smf + off + rows, mask=ok, other=-1)
     valid = kv_hi >= 0
     lo = tl.min(kv_lo, 0)
     hi = tl.max(kv_hi, 0)
@@ -201,10 +212,16 @@ def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constex
     # and at or after the start of every row's document (and inside every row's window)
     lo_max = tl.max(tl.where(valid, doc_lo, 0), 0)
     if HAS_WINDOW:
-        last_row = tl.minimum(row_start + BLOCK_M, Lq) - 1 + off
+        if HAS_QPOS:
+            last_row = tl.load(QPOS + tl.minimum(row_start + BLOCK_M, Lq) - 1)
+        else:
+            last_row = tl.minimum(row_start + BLOCK_M, Lq) - 1 + off
         lo_max = tl.maximum(lo_max, last_row - window + 1)
     f_lo = (lo_max + BLOCK_N - 1) // BLOCK_N
-    f_hi = (row_start + off + 1) // BLOCK_N
+    if HAS_QPOS:  # at or before the first (lowest) row
+        f_hi = (tl.load(QPOS + row_start) + 1) // BLOCK_N
+    else:
+        f_hi = (row_start + off + 1) // BLOCK_N
     a = tl.minimum(f_lo * BLOCK_N, Lk)
     b = tl.minimum(f_hi * BLOCK_N, Lk)
     pads = tl.load(pad_b + b) - tl.load(pad_b + a)
@@ -216,7 +233,7 @@ def _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M: tl.constex
 
 @triton.jit
 def _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QPOS=None, HAS_QPOS: tl.constexpr = False):
     """Split [n_lo, n_hi) of `_key_block_ranges` into its causal part and its look-ahead part.
 
     Keys after the block's last row are only ever seen by look-ahead, and no row sees one before its
@@ -226,14 +243,22 @@ def _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
     """
     off = Lk - Lq
     rows = row_start + tl.arange(0, BLOCK_M)
-    la = tl.min(tl.load(meta_b + 8 * smf + off + rows, mask=rows < Lq, other=Lk), 0)
-    last = tl.minimum(row_start + BLOCK_M, Lq) - 1 + off
+    if HAS_QPOS:  # rows at increasing positions QPOS[row]: the last row is the highest
+        rpos = tl.load(QPOS + rows, mask=rows < Lq, other=0)
+        la = tl.min(tl.load(meta_b + 8 * smf + rpos, mask=rows < Lq, other=Lk), 0)
+        last = tl.load(QPOS + tl.minimum(row_start + BLOCK_M, Lq) - 1)
+    else:
+        la = tl.min(tl.load(meta_b + 8 * smf + off + rows, mask=rows < Lq, other=Lk), 0)
+        last = tl.minimum(row_start + BLOCK_M, Lq) - 1 + off
     c_hi = tl.maximum(tl.minimum(last // BLOCK_N + 1, n_hi), n_lo)
     a_lo = tl.where(la < Lk, tl.maximum(la, last + 1) // BLOCK_N, n_hi)
     a_lo = tl.minimum(tl.maximum(a_lo, c_hi), n_hi)
     # keys of blocks before d_lo are at or before every row of the block: the masked tiles there need
     # only the document bound (`_allowed_before`); without fully allowed tiles, [n_lo, d_lo) is masked
-    d_lo = tl.minimum(tl.maximum((row_start + off + 1) // BLOCK_N, n_lo), c_hi)
+    if HAS_QPOS:
+        d_lo = tl.minimum(tl.maximum((tl.load(QPOS + row_start) + 1) // BLOCK_N, n_lo), c_hi)
+    else:
+        d_lo = tl.minimum(tl.maximum((row_start + off + 1) // BLOCK_N, n_lo), c_hi)
     full = f_lo < f_hi
     f_lo = tl.where(full, tl.minimum(f_lo, c_hi), d_lo)
     f_hi = tl.where(full, tl.minimum(f_hi, c_hi), d_lo)
@@ -448,7 +473,9 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, window, LQ_BUCKET,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False):
+                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
+                   HAS_QPOS: tl.constexpr = False):
+    """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -462,12 +489,16 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     meta_b = META + b.to(tl.int64) * smb
     pad_b = PADCUM + b.to(tl.int64) * spb
     win_b = WIN + b.to(tl.int64) * swb
-    q_pos = rows + off
+    if HAS_QPOS:
+        q_pos = tl.load(QPOS + rows, mask=row_ok, other=0)
+    else:
+        q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
     q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
-                                               win_b, swf, window, HAS_WINDOW)
-    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
+                                               win_b, swf, window, HAS_WINDOW, QPOS, HAS_QPOS)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N,
+                                              QPOS, HAS_QPOS)
 
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
@@ -623,8 +654,10 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
                       LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False):
-    """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*."""
+                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
+                      HAS_QPOS: tl.constexpr = False):
+    """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*.
+    HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -638,12 +671,16 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     meta_b = META + b.to(tl.int64) * smb
     pad_b = PADCUM + b.to(tl.int64) * spb
     win_b = WIN + b.to(tl.int64) * swb
-    q_pos = rows + off
+    if HAS_QPOS:
+        q_pos = tl.load(QPOS + rows, mask=row_ok, other=0)
+    else:
+        q_pos = rows + off
     q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
     q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
-                                               win_b, swf, window, HAS_WINDOW)
-    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
+                                               win_b, swf, window, HAS_WINDOW, QPOS, HAS_QPOS)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N,
+                                              QPOS, HAS_QPOS)
 
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
     ridx = tl.arange(0, BLOCK_M)[:, None]
@@ -755,6 +792,52 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
 
 
 @triton.jit
+def _dkdv_tiles_at(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, sqm, sdm, meta_b, smf, QPOS,
+                   key_start, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                   SPLIT_STATS: tl.constexpr):
+    """`_dkdv_tiles` for query rows at the positions QPOS[row] (HAS_QPOS): row blocks [m_lo, m_hi) of one key
+    block, every tile masked with the general rule `_allowed` (the rows' positions need not be contiguous)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    k_pos = key_start + offs_n
+    k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+    for m in range(m_lo, m_hi):
+        start = m * BLOCK_M
+        offs_m = tl.arange(0, BLOCK_M)
+        rows = start + offs_m
+        row_ok = rows < Lq
+        rpos = tl.load(QPOS + rows, mask=row_ok, other=0)
+        q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rpos, row_ok, HAS_GROUPS)
+        row_ok = row_ok & (q_doc >= 0)  # padding query rows load as 0, whatever q/dO hold
+        tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
+        q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
+        do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok, other=0.0)
+        lse2 = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        qkT = _mm(k, tl.trans(q), None, DOT_PREC, UPCAST) * qk_scale  # [BLOCK_N, BLOCK_M]
+        if SPLIT_STATS:
+            linv = tl.load(linv_base + rows, mask=row_ok, other=0.0)
+            pT = tl.math.exp2(qkT - lse2[None, :]) * linv[None, :]
+        else:
+            pT = tl.math.exp2(qkT - lse2[None, :])
+        ok = _allowed(rpos[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
+                      q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],
+                      k_grp[:, None], window, HAS_GROUPS, HAS_WINDOW)
+        pT = tl.where(ok, pT, 0.0)
+        dv = _mm(_cast(pT, do.dtype, UPCAST), do, dv, DOT_PREC, UPCAST)
+        dpT = _mm(v, tl.trans(do), None, DOT_PREC, UPCAST)
+        if SPLIT_STATS:
+            keep = tl.where((linv == 1.0) & (zero_single != 0), 0.0, 1.0)
+            dsT = (pT * keep[None, :]) * (dpT - delta[None, :])
+        else:
+            dsT = pT * (dpT - delta[None, :])
+        dk = _mm(_cast(dsT, q.dtype, UPCAST), q, dk, DOT_PREC, UPCAST)
+    return dk, dv
+
+
+@triton.jit
 def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WIN,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
                         smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
@@ -762,14 +845,19 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                         LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
                         HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
-                        EVEN_D: tl.constexpr = False, SPLIT_GROUP: tl.constexpr = False):
+                        EVEN_D: tl.constexpr = False, SPLIT_GROUP: tl.constexpr = False, QPOS=None,
+                        HAS_QPOS: tl.constexpr = False):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it.
 
     SPLIT_GROUP: one program per block of keys and *query* head instead (no loop over the group), for the
     h_launch query heads from h_base, writing that head's fp32 share into DK/DV shaped [B, h_launch, Lk, D];
     the launcher sums the GROUP shares (and launches again for the next heads, to bound that buffer). Without
     the group loop nothing is live across heads: this is what keeps the wgmma tiles spill-free under GQA
-    (benchmarks/results/static/CHANGES.md, "dK/dV spills")."""
+    (benchmarks/results/static/CHANGES.md, "dK/dV spills").
+
+    HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing); QPOS[Lq:] holds per key, for
+    each batch row, the first and last query row that may see it ([B, 2, Lk], from `Q_LO`/`Q_HI` by a search in
+    the positions): the row blocks to visit. Those tiles all run masked (`_dkdv_tiles_at`)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     if SPLIT_GROUP:
@@ -790,8 +878,18 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
     meta_b = META + b.to(tl.int64) * smb
     pad_b = PADCUM + b.to(tl.int64) * spb
     win_b = WIN + b.to(tl.int64) * swb
-    m_lo, f_lo, f_hi, m_hi = _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M, BLOCK_N,
-                                                 win_b, swf, window, HAS_WINDOW)
+    if HAS_QPOS:
+        rq_b = QPOS + Lq + b.to(tl.int64) * 2 * Lk
+        m_lo = tl.min(tl.load(rq_b + k_pos, mask=key_ok, other=Lq), 0)
+        m_hi = tl.max(tl.load(rq_b + Lk + k_pos, mask=key_ok, other=-1), 0)
+        nonempty = m_hi >= m_lo
+        m_hi = tl.where(nonempty, m_hi // BLOCK_M + 1, 0)
+        m_lo = tl.where(nonempty, m_lo // BLOCK_M, 0)
+        f_lo = m_hi
+        f_hi = m_hi
+    else:
+        m_lo, f_lo, f_hi, m_hi = _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M, BLOCK_N,
+                                                     win_b, swf, window, HAS_WINDOW)
     # padding keys load as 0, whatever K/V hold
     k_doc = tl.load(meta_b + k_pos, mask=key_ok, other=-1)
     kv_ok = (key_ok & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
@@ -806,19 +904,25 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * Hq + h).to(tl.int64) * Lq
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
-                             sqm, sdm, meta_b, smf,
-                             key_start, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
-                             sqm, sdm, meta_b, smf,
-                             key_start, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
-                             sqm, sdm, meta_b, smf,
-                             key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                             BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             not HAS_WINDOW)
+        if HAS_QPOS:
+            dk, dv = _dkdv_tiles_at(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base,
+                                    DELTA + row_base, sqm, sdm, meta_b, smf, QPOS, key_start, m_lo, m_hi, Lq, Lk, D,
+                                    qk_scale, window, zero_single, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST,
+                                    HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+        else:
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
+                                 sqm, sdm, meta_b, smf,
+                                 key_start, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single,
+                                 BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
+                                 sqm, sdm, meta_b, smf,
+                                 key_start, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                                 BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
+                                 sqm, sdm, meta_b, smf,
+                                 key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                                 BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                                 not HAS_WINDOW)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tile_ok = (key_start + offs_n < Lk)[:, None] & (offs_d < D)[None, :]  # recomputed: not live across the loops

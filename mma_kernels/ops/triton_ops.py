@@ -107,7 +107,7 @@ def _prune(configs, named_args, **kwargs):
     return keep or configs[-1:]
 
 
-_KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EXACT_DELTA"]
+_KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EXACT_DELTA", "HAS_QPOS"]
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
     # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
@@ -161,13 +161,33 @@ def _mask_args(mask, win):
                                          w.stride(0), w.stride(1))
 
 
-def triton_forward(q, k, v, mask, scale, win=None, window=None):
+def _qpos_args(q_pos, mask, win, Lq: int, backward: bool = False) -> dict:
+    """Kernel arguments for query rows at the absolute positions `q_pos` (LongTensor [Lq], increasing):
+    QPOS int32 = the positions, and for the dK/dV kernel, per batch row and key, the first and last query
+    row that may see the key ([B, 2, Lk]: a search of the key's Q_LO / Q_HI bounds in the positions)."""
+    if q_pos is None:
+        return dict(HAS_QPOS=False)
+    pos = q_pos.to(device=mask.meta.device, dtype=torch.int32).contiguous()
+    if backward:
+        from ..mask import Q_HI, Q_LO, WIN_Q_HI
+
+        lo = mask.meta[:, Q_LO].contiguous()
+        hi = (mask.meta[:, Q_HI] if win is None else win[:, WIN_Q_HI]).contiguous()
+        B = lo.shape[0]
+        first = torch.searchsorted(pos.expand(B, -1).contiguous(), lo, right=False)
+        last = torch.searchsorted(pos.expand(B, -1).contiguous(), hi, right=True) - 1
+        pos = torch.cat([pos, torch.stack([first, last], 1).to(torch.int32).flatten()])
+    return dict(QPOS=pos, HAS_QPOS=True)
+
+
+def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
     from . import decode_ops
 
-    if decode_ops.use_decode(q):  # Lq <= 16: split-KV with GQA packing; same outputs, same backward
+    if q_pos is None and decode_ops.use_decode(q):  # Lq <= 16 bottom-right rows: split-KV with GQA packing
         return decode_ops.decode_forward(q, k, v, mask, scale, win, window)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
+    meta.update(_qpos_args(q_pos, mask, win, Lq))
     keep32 = q.dtype != torch.float32 and HALF_DELTA == "fp32_out"
     o = torch.empty((B, Hq, Lq, D), dtype=torch.float32 if keep32 else q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
@@ -185,9 +205,10 @@ def triton_forward(q, k, v, mask, scale, win=None, window=None):
     return o, lse, stats
 
 
-def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None, stats=None):
+def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None, stats=None, q_pos=None):
     q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
+    meta.update(_qpos_args(q_pos, mask, win, Lq, backward=True))
     if meta["EXACT_DELTA"]:  # the dQ kernel adds rowsum(P * dP) (its own P, dP) to -dlse
         delta = -dlse.float() if dlse is not None else torch.zeros_like(lse)
     else:
@@ -236,15 +257,16 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
 
 class TritonMMAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale, win=None, window=None):
+    def forward(ctx, q, k, v, mask, scale, win=None, window=None, q_pos=None):
         if q.numel() == 0:  # empty batch or no heads: nothing to launch
             o = torch.zeros_like(q)
             lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
             stats = None
         else:
-            o, lse, stats = triton_forward(q, k, v, mask, scale, win, window)
+            o, lse, stats = triton_forward(q, k, v, mask, scale, win, window, q_pos)
         ctx.save_for_backward(q, k, v, o, lse, win, stats)
         ctx.mask, ctx.scale, ctx.window = mask, scale, window
+        ctx.q_pos = q_pos
         return o, lse
 
     @staticmethod
@@ -252,8 +274,9 @@ class TritonMMAttention(torch.autograd.Function):
         check_no_double_backward("triton")
         q, k, v, o, lse, win, stats = ctx.saved_tensors
         if q.numel() == 0:
-            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None, None, None
         if do is None:
             do = torch.zeros_like(o)
-        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale, win, ctx.window, stats)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = triton_backward(q, k, v, o, lse, do, dlse, ctx.mask, ctx.scale, win, ctx.window, stats,
+                                     getattr(ctx, "q_pos", None))
+        return dq, dk, dv, None, None, None, None, None
