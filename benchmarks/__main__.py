@@ -45,9 +45,10 @@ def _prog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=_prog(), description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="quick (default) or full")
-    p.add_argument("--suite", choices=["kernel", "e2e", "all", "tiles"], default="all",
+    p.add_argument("--suite", choices=["kernel", "e2e", "all", "tiles", "decode"], default="all",
                    help="default: all (kernel and e2e); tiles: exact tile accounting on CPU (no timing), "
-                        "default lengths 16K,64K,128K, every layout")
+                        "default lengths 16K,64K,128K, every layout; decode: one decoding step over a KV cache "
+                        "(decode kernel vs prefill kernel, SDPA, flash_attn_with_kvcache), default 4K..128K")
     p.add_argument("--mode", type=_csv_list, help="kernel modes, comma list of fwd,bwd,fwd_bwd (default: preset's)")
     p.add_argument("--seqlens", type=lambda s: [parse_len(x) for x in _csv_list(s)],
                    help="kernel sequence lengths, e.g. 1K,4K,16K (default: preset's)")
@@ -109,6 +110,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.suite == "tiles":
         return _tiles(args)
+    if args.suite == "decode":
+        from .decode_suite import main_from_args
+
+        return main_from_args(args)
     t_start = time.time()
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     dev = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

@@ -41,6 +41,8 @@ def plan(out: str, arch, max_minutes, skip):
         if max_minutes:
             cmd += ["--max-minutes", str(max_minutes)]
         steps.append(("benchmarks_full", cmd, os.path.join(out, "benchmarks.log")))
+        steps.append(("benchmarks_decode", [py, "-m", "benchmarks", "--suite", "decode", "--save-results"],
+                      os.path.join(out, "benchmarks_decode.log")))
     if "static" not in skip and arch:
         steps.append(("static_report", [py, "-m", "benchmarks.static", "--arch", str(arch), "--json",
                                         os.path.join(out, "static", f"sm{arch}.json")],

@@ -181,6 +181,10 @@ def _qpos_args(q_pos, mask, win, Lq: int, backward: bool = False) -> dict:
 
 
 def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
+    from . import decode_ops
+
+    if q_pos is None and decode_ops.use_decode(q):  # Lq <= 16 bottom-right rows: split-KV with GQA packing
+        return decode_ops.decode_forward(q, k, v, mask, scale, win, window)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     meta.update(_qpos_args(q_pos, mask, win, Lq))
