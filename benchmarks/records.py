@@ -95,6 +95,18 @@ def write_jsonl(path: str, rec: Dict) -> None:
         f.write(json.dumps(rec, default=str) + "\n")
 
 
+def save_json_md(folder: str, stem: str, data, text: str) -> None:
+    """Write ``stem.json`` (the raw records) and ``stem.md`` (the printed table) under ``folder``."""
+    import json
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{stem}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(folder, f"{stem}.md"), "w") as f:
+        f.write(text)
+
+
 def read_jsonl(path: str) -> List[Dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

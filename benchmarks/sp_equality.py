@@ -60,11 +60,9 @@ def main(argv=None) -> int:
     text = "\n".join(md) + "\n"
     print(text)
     if "--save" in argv:
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "equality.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(os.path.join(RESULTS, "equality.md"), "w") as f:
-            f.write(text)
+        from .records import save_json_md
+
+        save_json_md(RESULTS, "equality", rows, text)
     return 0
 
 

@@ -75,11 +75,9 @@ def main(argv=None) -> int:
     text = "\n".join(md) + "\n"
     print(text)
     if "--save" in argv:
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "static_qpos_sm90.json"), "w") as f:
-            json.dump(recs, f, indent=1)
-        with open(os.path.join(RESULTS, "static_qpos_sm90.md"), "w") as f:
-            f.write(text)
+        from .records import save_json_md
+
+        save_json_md(RESULTS, "static_qpos_sm90", recs, text)
     return 1 if any("error" in r for r in recs) else 0
 
 
