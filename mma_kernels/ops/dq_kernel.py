@@ -1,0 +1,178 @@
+"""The dQ kernel (FlashAttention-2 backward, query side): the forward's tile walk, dq += dS @ K per tile."""
+import triton
+import triton.language as tl
+
+from .tile_io import _mm, _cast, _load_rows, _load_some_rows
+from .mask_rules import _span_query_bounds, _load_query_fields, _look_bits, _tile_key_fields, _tile_allowed
+from .block_ranges import _key_block_ranges, _lookahead_split, _diagonal_kind, _next_look_block
+
+
+@triton.jit
+def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
+             BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
+              NOPAD: tl.constexpr = False):
+    """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
+    if MASKED:  # padding keys load K and V as 0: both meet p = 0 in a product (dS @ K, dO @ V^T)
+        k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
+            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
+        if NOPAD:
+            k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+            v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+        else:
+            k = _load_some_rows(k_ptrs, offs_d, D, k_real, EVEN_D)
+            v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
+    else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
+        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
+    if SPLIT_STATS:  # lse2 holds the row max; linv 1/l (0 on rows whose ds is exactly 0)
+        p = tl.math.exp2(qk - lse2[:, None]) * linv[:, None]
+    else:
+        p = tl.math.exp2(qk - lse2[:, None])
+    if MASKED:
+        ok = _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
+                           k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, LOOK, NOPAD)
+        p = tl.where(ok, p, 0.0)
+    dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
+    if DELTA_PASS:
+        dsum += tl.sum(p * dp, 1)
+    else:
+        ds = p * (dp - delta[:, None])
+        dq = _mm(_cast(ds, k.dtype, UPCAST), k, dq, DOT_PREC, UPCAST)
+    return dq, dsum
+
+
+@triton.jit
+def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False):
+    for n in range(n_lo, n_hi):
+        dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
+                            False, LOOK, NOPAD)
+    return dq, dsum
+
+
+@triton.jit
+def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
+    """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
+    look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW)
+    dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
+                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+    diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
+    if diag == 2:  # the diagonal tiles, by rule as in the forward
+        dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
+                             EVEN_D, False, False, True)
+    elif diag == 1:
+        dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
+                             EVEN_D, False, False)
+    else:
+        dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
+                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
+                             EVEN_D)
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
+    while n < n_hi:
+        dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D,
+                            False, True)
+        n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
+    return dq, dsum
+
+
+@triton.jit
+def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
+                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
+                      smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
+                      LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                      SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
+                      HAS_QPOS: tl.constexpr = False):
+    """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*.
+    HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // GROUP
+    off = Lk - Lq
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Lq
+    meta_b = META + b.to(tl.int64) * smb
+    pad_b = PADCUM + b.to(tl.int64) * spb
+    win_b = WIN + b.to(tl.int64) * swb
+    if HAS_QPOS:
+        q_pos = tl.load(QPOS + rows, mask=row_ok, other=0)
+    else:
+        q_pos = rows + off
+    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
+                                               win_b, swf, window, HAS_WINDOW, QPOS, HAS_QPOS)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N,
+                                              QPOS, HAS_QPOS)
+
+    tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
+    ridx = tl.arange(0, BLOCK_M)[:, None]
+    row_valid = row_ok & (q_doc >= 0)  # padding query rows load q, dO, delta as 0: zero dq whatever they hold
+    q_ok = row_valid[:, None] & (offs_d < D)[None, :]
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm + ridx * sqm + offs_d[None, :],
+                mask=q_ok, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + row_start.to(tl.int64) * sdm + ridx * sdm + offs_d[None, :],
+                 mask=q_ok, other=0.0)
+    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
+    linv = tl.zeros([BLOCK_M], tl.float32)
+    if SPLIT_STATS:
+        linv = tl.load(LINV + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
+        # a row that sees one key (l == 1) has ds = 0 exactly: say so rather than leave rounding noise
+        linv = tl.where((linv == 1.0) & (zero_single != 0), 0.0, linv)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dsum = tl.zeros([BLOCK_M], tl.float32)
+    if EXACT_DELTA:
+        # fp32: delta = rowsum(P * dP) from this kernel's own P and dP, as softmax's backward computes it,
+        # not rowsum(dO * O): when one key dominates dP - delta cancels, and only matching roundings
+        # keep that within plain PyTorch's error. One extra pass (QK^T and dO V^T) over the row's keys.
+        dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                            qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                            True, EVEN_D)
+        delta = delta + dsum  # DELTA came in holding -dlse (or 0)
+        tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
+    dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
+                        q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
+                        qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                        False, EVEN_D)
+    dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
+    tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)

@@ -1,0 +1,168 @@
+"""The forward kernel: one program per (query-row block, batch x query head), online softmax over the key
+tiles of `block_ranges`, the loop split into masked tiles, plain tiles (no mask arithmetic), masked tiles and
+look-ahead tiles. Scores are kept in base 2: ``qk_scale = scale * log2(e)``."""
+import triton
+import triton.language as tl
+
+from .tile_io import _mm, _cast, _load_rows, _load_some_rows
+from .mask_rules import _span_query_bounds, _load_query_fields, _look_bits, _tile_key_fields, _tile_allowed
+from .block_ranges import _key_block_ranges, _lookahead_split, _diagonal_kind, _next_look_block
+
+
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
+              NOPAD: tl.constexpr = False):
+    """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
+    look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing);
+    plain MMA evaluates `_allowed_span`, groups or a window `_allowed`."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
+    if MASKED:
+        k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
+            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
+        # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
+        # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
+        if BEFORE or NOPAD:
+            k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+        else:
+            k = _load_some_rows(k_ptrs, offs_d, D, start + offs_n < Lk, EVEN_D)
+    else:  # a plain tile lies inside [0, Lk) (see `_key_block_ranges`): only the head dim can need a mask
+        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+    qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST)
+    # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
+    if MASKED:
+        ok = _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
+                           k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, LOOK, NOPAD)
+        qk = tl.where(ok, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:  # every score of a plain tile is finite (padding and out-of-range rows load q = 0): so is m_new
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_use = m_new
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED and not NOPAD:  # padding keys load V as 0: p is 0 there, and 0 * (NaN or inf) would not be
+        v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
+    else:
+        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+    acc = acc * alpha[:, None]
+    acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False):
+    for n in range(n_lo, n_hi):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,
+                                  NOPAD)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
+    """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
+    bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
+    while n < n_hi:
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                  q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
+                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True)
+        n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+                   smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, window, LQ_BUCKET,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                   UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                   SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
+                   HAS_QPOS: tl.constexpr = False):
+    """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // GROUP
+    off = Lk - Lq
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Lq
+    meta_b = META + b.to(tl.int64) * smb
+    pad_b = PADCUM + b.to(tl.int64) * spb
+    win_b = WIN + b.to(tl.int64) * swb
+    if HAS_QPOS:
+        q_pos = tl.load(QPOS + rows, mask=row_ok, other=0)
+    else:
+        q_pos = rows + off
+    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
+                                               win_b, swf, window, HAS_WINDOW, QPOS, HAS_QPOS)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N,
+                                              QPOS, HAS_QPOS)
+
+    q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
+    tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
+    q_ok = tile_ok & (q_doc >= 0)[:, None]  # padding query rows load as 0, whatever q holds
+    q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=q_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
+                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+    # the diagonal tiles; a row block that looks ahead at nothing (the common case) runs them with the causal rule
+    diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
+    if diag == 2:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
+                                   False, True)
+    elif diag == 1:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
+                                   False)
+    else:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+    acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+
+    row_valid = q_doc >= 0
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = tl.where(row_valid[:, None], acc / l_safe[:, None], 0.0)
+    o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + row_start.to(tl.int64) * som
+    tl.store(o_base + tl.arange(0, BLOCK_M)[:, None] * som + offs_d[None, :], _cast(out, O.dtype.element_ty, UPCAST), mask=tile_ok)
+    lse = tl.where(row_valid, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    tl.store(LSE + pid_bh.to(tl.int64) * Lq + rows, lse, mask=row_ok)
+    if SPLIT_STATS:  # the backward recomputes p = exp2(s - m) / l as softmax does, not exp2(s - lse)
+        tl.store(MROW + pid_bh.to(tl.int64) * Lq + rows, tl.where(row_valid, m_i, float("inf")), mask=row_ok)
+        tl.store(LINV + pid_bh.to(tl.int64) * Lq + rows, tl.where(row_valid, 1.0 / l_safe, 0.0), mask=row_ok)
