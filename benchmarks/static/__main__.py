@@ -53,14 +53,14 @@ def mask_functions():
                                     "_allowed_doc_span") if hasattr(tk, n)]
 
 
-def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=()):
+def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=(), arch: int = 90):
     """(kernel, dtype, head_dim, launch, config key, in_autotune) for every variant to compile."""
     from .capture import autotune_configs, capture_launches, key_of
 
     out = []
     for dtype in dtypes:
         for d in head_dims:
-            launches = capture_launches(dtype, d, features=tuple(features), **LAUNCH)
+            launches = capture_launches(dtype, d, features=tuple(features), arch=arch, **LAUNCH)
             for kind in kernels:
                 listed, kept = autotune_configs(kind, launches[kind])
                 kept_keys = {key_of(c) for c in kept}
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     mask_lines = function_lines(*mask_functions())
     feats = [f for f in a.features.split(",") if f]
     todo = variants(a.kernels.split(","), a.dtypes.split(","), [int(x) for x in a.head_dims.split(",")], a.all,
-                    _parse_only(a.only), feats)
+                    _parse_only(a.only), feats, a.arch)
     print(f"compiling {len(todo)} variants for sm_{a.arch} (no GPU needed)", file=sys.stderr, flush=True)
     records = []
     for i, v in enumerate(todo):

@@ -45,7 +45,7 @@ def breakdown(kind: str, key, head_dim: int = 128, dtype: str = "bf16", arch: in
     from .capture import capture_launches, compile_launch
     from .sass import classify_loops, disassemble, find_loops, function_lines
 
-    ck = compile_launch(capture_launches(dtype, head_dim, **LAUNCH)[kind], *key, arch)
+    ck = compile_launch(capture_launches(dtype, head_dim, arch=arch, **LAUNCH)[kind], *key, arch)
     instrs, labels = disassemble(ck.asm["cubin"])
     for i in instrs:
         i.lines = {(os.path.basename(f), n) for f, n in i.lines}

@@ -87,8 +87,11 @@ class _Capture:
 
 
 def capture_launches(dtype: str = "bf16", head_dim: int = 128, batch: int = 1, heads_q: int = 32, heads_kv: int = 8,
-                     seqlen: int = 16384, features: Tuple[str, ...] = ()) -> Dict[str, Launch]:
+                     seqlen: int = 16384, features: Tuple[str, ...] = (), arch: int = 90) -> Dict[str, Launch]:
     """Run the real forward and backward launchers on meta tensors and return their launches by kind.
+
+    `arch`: the launchers' device-dependent choices are made as on that GPU (TMA descriptors from sm_90 on,
+    see `triton_ops.TMA`).
 
     `features`: ``"groups"`` (a second mutual level, `MMAMask(group_ids=...)`) and/or ``"window"`` (a
     sliding window) switch on the kernels' optional paths, as a user's call would.
@@ -116,14 +119,17 @@ def capture_launches(dtype: str = "bf16", head_dim: int = 128, batch: int = 1, h
         window = 4096
         extra = (mask.window_fields(window), window)
     sink: List[Launch] = []
-    saved = dict(triton_ops._tuned)
+    saved, saved_tma = dict(triton_ops._tuned), triton_ops.TMA
     try:
+        if triton_ops.TMA == "auto":
+            triton_ops.TMA = "on" if arch >= 90 else "off"
         for kind in saved:
             triton_ops._tuned[kind] = _Capture(kind, sink)
         out, _lse = triton_ops.TritonMMAttention.apply(q, k, v, mask, head_dim ** -0.5, *extra)
         torch.autograd.grad(out, (q, k, v), torch.empty_like(out))
     finally:
         triton_ops._tuned.update(saved)
+        triton_ops.TMA = saved_tma
     launches = {ln.kind: ln for ln in sink}
     missing = [k for k in KINDS if k not in launches]
     if missing:

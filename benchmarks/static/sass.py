@@ -163,10 +163,20 @@ class Loop:
     inner: List["Loop"] = field(default_factory=list)
 
 
+def _code_end(instrs: List[Instr]) -> Optional[int]:
+    """Address of the last EXIT: the kernel's own code ends there (out-of-line blocks and the trap follow)."""
+    ends = [ins.addr for ins in instrs if ins.base == "EXIT"]
+    return max(ends) if ends else None
+
+
 def find_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Loop]:
+    """Back edges inside the kernel's own code. ptxas places the retry of an mbarrier wait (TMA loads:
+    ``SYNCS...TRYWAIT``, then ``@!P BRA`` out) in blocks after the last EXIT; their branch back to the
+    instruction after the wait is a return, not a loop, and is left out."""
     loops = []
+    end = _code_end(instrs)
     for ins in instrs:
-        if ins.base not in ("BRA", "JMP", "BRX"):
+        if ins.base not in ("BRA", "JMP", "BRX") or (end is not None and ins.addr > end):
             continue
         m = TARGET.search(ins.text)
         # a branch to itself is the trap after EXIT, not a loop

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .tile_io import _mm, _cast, _load_rows, _load_some_rows
+from .tile_io import _cast, _head_slice, _mm, _row_tile
 from .mask_rules import _span_query_bounds, _load_query_fields, _look_bits, _tile_key_fields, _tile_allowed
 from .block_ranges import _key_block_ranges, _lookahead_split, _diagonal_kind, _next_look_block
 
@@ -14,24 +14,23 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
-              NOPAD: tl.constexpr = False):
-    """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`."""
+              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None):
+    """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`;
+    TMA as there: K and V through the descriptors kd / vd, except in masked tiles that may hold padding keys."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
-    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys load K and V as 0: both meet p = 0 in a product (dS @ K, dO @ V^T)
         k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
             meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
         if NOPAD:
-            k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
-            v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+            k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
+            v = _row_tile(vd if TMA else v_base, start, svn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
         else:
-            k = _load_some_rows(k_ptrs, offs_d, D, k_real, EVEN_D)
-            v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
+            k = _row_tile(k_base, start, skn, offs_n, offs_d, D, k_real, 2, EVEN_D, False)
+            v = _row_tile(v_base, start, svn, offs_n, offs_d, D, k_real, 2, EVEN_D, False)
     else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
-        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
-        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+        k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
+        v = _row_tile(vd if TMA else v_base, start, svn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
     if SPLIT_STATS:  # lse2 holds the row max; linv 1/l (0 on rows whose ds is exactly 0)
         p = tl.math.exp2(qk - lse2[:, None]) * linv[:, None]
@@ -56,12 +55,13 @@ def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False):
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
+              TMA: tl.constexpr = False, kd=None, vd=None):
     for n in range(n_lo, n_hi):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
-                            False, LOOK, NOPAD)
+                            False, LOOK, NOPAD, TMA, kd, vd)
     return dq, dsum
 
 
@@ -70,38 +70,39 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False):
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
+             TMA: tl.constexpr = False, kd=None, vd=None):
     """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
     look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW)
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D)
+                         BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, TMA=TMA, kd=kd, vd=vd)
     diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
     if diag == 2:  # the diagonal tiles, by rule as in the forward
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
                              BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
-                             EVEN_D, False, False, True)
+                             EVEN_D, False, False, True, TMA=TMA, kd=kd, vd=vd)
     elif diag == 1:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
                              BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
-                             EVEN_D, False, False)
+                             EVEN_D, False, False, TMA=TMA, kd=kd, vd=vd)
     else:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale, window,
                              BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
-                             EVEN_D)
+                             EVEN_D, TMA=TMA, kd=kd, vd=vd)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D,
-                            False, True)
+                            False, True, TMA=TMA, kd=kd, vd=vd)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return dq, dsum
 
@@ -113,9 +114,10 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
-                      HAS_QPOS: tl.constexpr = False):
+                      HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False):
     """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*.
-    HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r."""
+    HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
+    TMA: K and V tiles through tensor descriptors (see `_dq_tile`)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -157,6 +159,11 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         linv = tl.where((linv == 1.0) & (zero_single != 0), 0.0, linv)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    # 128x64 tiles at head-dim blocks over 64 keep pointer loads: with descriptors they spill a few bytes
+    # before the loops (benchmarks/results/static/tma_sm90.md)
+    USE_TMA: tl.constexpr = TMA and (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64)
+    kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, USE_TMA)
+    vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, USE_TMA)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dsum = tl.zeros([BLOCK_M], tl.float32)
@@ -167,12 +174,12 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                            True, EVEN_D)
+                            True, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                        False, EVEN_D)
+                        False, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)

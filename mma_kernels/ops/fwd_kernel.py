@@ -4,7 +4,7 @@ look-ahead tiles. Scores are kept in base 2: ``qk_scale = scale * log2(e)``."""
 import triton
 import triton.language as tl
 
-from .tile_io import _mm, _cast, _load_rows, _load_some_rows
+from .tile_io import _cast, _head_slice, _mm, _row_tile
 from .mask_rules import _span_query_bounds, _load_query_fields, _look_bits, _tile_key_fields, _tile_allowed
 from .block_ranges import _key_block_ranges, _lookahead_split, _diagonal_kind, _next_look_block
 
@@ -15,25 +15,23 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
-              NOPAD: tl.constexpr = False):
+              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None):
     """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
     look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing);
-    plain MMA evaluates `_allowed_span`, groups or a window `_allowed`."""
+    plain MMA evaluates `_allowed_span`, groups or a window `_allowed`. TMA: K and V tiles come through the
+    tensor descriptors kd / vd (`_head_slice`), except V in masked tiles that may hold padding keys, which a
+    masked pointer load reads as 0 (zeroing a descriptor-loaded tile would take it out of shared memory)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
-    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:
         k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
             meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
         # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
         # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
-        if BEFORE or NOPAD:
-            k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
-        else:
-            k = _load_some_rows(k_ptrs, offs_d, D, start + offs_n < Lk, EVEN_D)
+        k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, start + offs_n < Lk,
+                      0 if BEFORE or NOPAD else 1, EVEN_D, TMA)
     else:  # a plain tile lies inside [0, Lk) (see `_key_block_ranges`): only the head dim can need a mask
-        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+        k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST)
     # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
     if MASKED:
@@ -49,9 +47,9 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     if MASKED and not NOPAD:  # padding keys load V as 0: p is 0 there, and 0 * (NaN or inf) would not be
-        v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
+        v = _row_tile(v_base, start, svn, offs_n, offs_d, D, k_real, 2, EVEN_D, False)
     else:
-        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
+        v = _row_tile(vd if TMA else v_base, start, svn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
     acc = acc * alpha[:, None]
     acc = _mm(_cast(p, v.dtype, UPCAST), v, acc, DOT_PREC, UPCAST)
     return acc, l_i, m_new
@@ -62,12 +60,13 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, n_hi, Lk, D, qk_scale, window,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
-              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False):
+              BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
+               TMA: tl.constexpr = False, kd=None, vd=None):
     for n in range(n_lo, n_hi):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,
-                                  NOPAD)
+                                  NOPAD, TMA, kd, vd)
     return acc, l_i, m_i
 
 
@@ -75,14 +74,16 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
 def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
-                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False):
+                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
+                    TMA: tl.constexpr = False, kd=None, vd=None):
     """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
-                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True)
+                                  BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True,
+                                  TMA=TMA, kd=kd, vd=vd)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 
@@ -94,8 +95,9 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                    SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
-                   HAS_QPOS: tl.constexpr = False):
-    """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r."""
+                   HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False):
+    """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
+    TMA: K and V tiles move through tensor descriptors (sm_90's copy engine); the launcher checks alignment."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -126,35 +128,37 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=q_ok, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, TMA)
+    vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, TMA)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW)
+                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
     # the diagonal tiles; a row block that looks ahead at nothing (the common case) runs them with the causal rule
     diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
     if diag == 2:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
-                                   False, True)
+                                   False, True, TMA=TMA, kd=kd, vd=vd)
     elif diag == 1:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
-                                   False)
+                                   False, TMA=TMA, kd=kd, vd=vd)
     else:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
-                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

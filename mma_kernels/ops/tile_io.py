@@ -42,3 +42,36 @@ def _load_some_rows(ptrs, offs_d, D, row_ok, EVEN_D: tl.constexpr):
         return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
     else:
         return tl.load(ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _row_tile(src, start, stride, offs_n, offs_d, D, row_ok, ROWS: tl.constexpr, EVEN_D: tl.constexpr,
+              TMA: tl.constexpr):
+    """Rows [start, start + len(offs_n)) of one head's [L, D] slice of K, V, Q or dO.
+
+    TMA: `src` is a tensor descriptor over the slice (`tl.make_tensor_descriptor`, shape [L, D]): the copy
+    engine reads rows past L and columns past D as 0 itself. Else `src` points at the slice's first row (row
+    stride `stride`) and the load is masked as needed. ROWS: 0 every row is in range; 1 rows where `row_ok` is
+    False are out of range (only bounds: the descriptor needs nothing); 2 rows where `row_ok` is False must read
+    0 even inside the slice (padding whose values may be NaN or inf)."""
+    if TMA:
+        t = src.load([start, 0])
+        if ROWS == 2:
+            t = tl.where(row_ok[:, None], t, tl.zeros_like(t))
+        return t
+    else:
+        ptrs = src + tl.cast(start, tl.int64) * stride + offs_n[:, None] * stride + offs_d[None, :]
+        if ROWS == 0:
+            return _load_rows(ptrs, offs_d, D, EVEN_D)
+        else:
+            return _load_some_rows(ptrs, offs_d, D, row_ok, EVEN_D)
+
+
+@triton.jit
+def _head_slice(base, L, D, stride, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """What `_row_tile` reads from: a tensor descriptor over the [L, D] slice at `base` (row stride `stride`,
+    16-byte aligned: the launcher checks) when TMA, else `base` itself."""
+    if TMA:
+        return tl.make_tensor_descriptor(base, shape=[L, D], strides=[stride, 1], block_shape=[BLOCK_ROWS, BLOCK_D])
+    else:
+        return base

@@ -74,6 +74,13 @@ DKDV_GQA = "auto"
 # time as fit in this many bytes (at least one KV head's group: 2 * B * GROUP * Lk * D * 4 bytes).
 DKDV_SHARE_BYTES = 256 << 20
 
+# K/V (forward, dQ) and Q/dO (dK/dV) tiles through TMA tensor descriptors (`tl.make_tensor_descriptor`):
+#   "auto" (default) on sm_90 and newer, and under the interpreter (so CI runs the path sm_90 runs), whenever
+#          every such tensor allows a descriptor (`_tma_ok`); pointer loads (cp.async) elsewhere (sm_80, odd strides);
+#   "on"   whenever the tensors allow it, whatever the device (the static report compiles sm_90 launches this way);
+#   "off"  pointer loads everywhere.
+TMA = "auto"
+
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 
@@ -109,9 +116,9 @@ def _prune(configs, named_args, **kwargs):
 
 _KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EXACT_DELTA", "HAS_QPOS"]
 _tuned = {
-    "fwd": triton.autotune(_configs("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
+    "fwd": triton.autotune(_configs("fwd"), key=_KEY + ["TMA"], prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
     # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
-    "dq": triton.autotune(_configs("dq"), key=_KEY, prune_configs_by={"early_config_prune": _prune},
+    "dq": triton.autotune(_configs("dq"), key=_KEY + ["TMA"], prune_configs_by={"early_config_prune": _prune},
                           restore_value=["DELTA"])(tk.mma_bwd_dq_kernel),
     "dkdv": triton.autotune(_configs("dkdv"), key=_KEY + ["SPLIT_GROUP"],
                             prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
@@ -135,6 +142,35 @@ def _dkdv_split(block_d: int) -> bool:
     if DKDV_GQA not in ("auto", "split", "loop"):
         raise ValueError(f"triton_ops.DKDV_GQA must be 'auto', 'split' or 'loop', got {DKDV_GQA!r}")
     return DKDV_GQA == "split" or (DKDV_GQA == "auto" and block_d > 64)
+
+
+def _tma_ok(*ts: torch.Tensor) -> bool:
+    """Whether K/V-style operands may move through TMA descriptors (see TMA): a 16-byte aligned start, unit
+    stride along the head dim, every other stride a multiple of 16 bytes (what the copy engine requires)."""
+    if TMA not in ("auto", "on", "off"):
+        raise ValueError(f"triton_ops.TMA must be 'auto', 'on' or 'off', got {TMA!r}")
+    if TMA == "off":
+        return False
+    if TMA == "auto" and not interpreting():
+        dev = ts[0].device
+        if dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] < 9:
+            return False
+    for t in ts:
+        es = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * es % 16 for s in t.stride()[:-1]):
+            return False
+    if ts[0].device.type == "cuda":
+        _ensure_allocator()
+    return True
+
+
+def _ensure_allocator() -> None:
+    """Descriptors built inside a kernel need a small global scratch buffer per program: give triton a torch
+    allocator unless the caller set one (triton keeps it per thread)."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -199,7 +235,7 @@ def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), *mstrides,
             Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, window or 0, int(math.log2(Lq)))
-    _launch("fwd", Lq, B * Hq, args, **meta)
+    _launch("fwd", Lq, B * Hq, args, **meta, TMA=_tma_ok(k, v))
     if keep32:  # the stats slot carries the fp32 output for the backward's delta
         return o.to(q.dtype), lse, o
     return o, lse, stats
@@ -235,7 +271,8 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     w = window or 0
     zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
     _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
-                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta)
+                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta,
+            TMA=_tma_ok(k, v))
     args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single)
     if not split:
         _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
