@@ -120,3 +120,26 @@ def test_loop_structure_lines_up_with_the_tile_suite(report):
         kinds = [lp["kind"] for lp in r["loops"] if lp["kind"] != "other"]
         assert kinds.count("plain") == 1, (kind, kinds)
         assert kinds.count("masked") == (2 if kind == "dkdv" else len(QUERY_LOOPS)), (kind, kinds)
+
+
+# issue 19: the forward's K/V through TMA descriptors. Bounds are this round's results
+# (benchmarks/results/static/tma_sm90.md): a change that loses the descriptors or grows the loops fails here.
+ISSUE19_BOUNDS = {"fwd": dict(regs=252, plain=346, masked=(475, 419, 645, 562, 604))}
+
+
+def test_forward_reads_k_v_through_tma_descriptors(report):
+    r = report[0]["fwd"]
+    assert r["tma"] > 0, "fwd: no TMA load left (UTMALDG)"
+    loops = [lp for lp in r["loops"] if lp["kind"] in ("plain", "masked")]
+    assert all(lp["tma"] > 0 for lp in loops if lp["kind"] == "plain"), loops
+    assert all(lp["kind"] != "other" or lp["hgmma"] == 0 for lp in r["loops"]), "a tile loop left unclassified"
+
+
+def test_issue19_bounds_hold(report):
+    r = report[0]["fwd"]
+    b = ISSUE19_BOUNDS["fwd"]
+    plain = [lp["instructions"] for lp in r["loops"] if lp["kind"] == "plain"]
+    masked = [lp["instructions"] for lp in r["loops"] if lp["kind"] == "masked"]
+    assert r["regs"] <= b["regs"], r["regs"]
+    assert plain[0] <= b["plain"], plain
+    assert all(m <= bm for m, bm in zip(masked, b["masked"])) and len(masked) == len(b["masked"]), masked

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _head_slice, _mm, _row_tile
+from .tile_io import _cast, _head_slice, _load_rows, _load_some_rows, _mm
 from .mask_rules import _span_query_bounds, _load_query_fields, _look_bits, _tile_key_fields, _tile_allowed
 from .block_ranges import _key_block_ranges, _lookahead_split, _diagonal_kind, _next_look_block
 
@@ -19,18 +19,26 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     TMA as there: K and V through the descriptors kd / vd, except in masked tiles that may hold padding keys."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + tl.cast(start, tl.int64) * svn + offs_n[:, None] * svn + offs_d[None, :]
     if MASKED:  # padding keys load K and V as 0: both meet p = 0 in a product (dS @ K, dO @ V^T)
         k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
             meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
-        if NOPAD:
-            k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
-            v = _row_tile(vd if TMA else v_base, start, svn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
+        if NOPAD and TMA:
+            k = kd.load([start, 0])
+            v = vd.load([start, 0])
+        elif NOPAD:
+            k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+            v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
         else:
-            k = _row_tile(k_base, start, skn, offs_n, offs_d, D, k_real, 2, EVEN_D, False)
-            v = _row_tile(v_base, start, svn, offs_n, offs_d, D, k_real, 2, EVEN_D, False)
-    else:  # a plain tile lies inside [0, Lk): only the head dim can need a mask
-        k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
-        v = _row_tile(vd if TMA else v_base, start, svn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
+            k = _load_some_rows(k_ptrs, offs_d, D, k_real, EVEN_D)
+            v = _load_some_rows(v_ptrs, offs_d, D, k_real, EVEN_D)
+    elif TMA:  # a plain tile lies inside [0, Lk): only the head dim can need a mask (the descriptor's zero fill)
+        k = kd.load([start, 0])
+        v = vd.load([start, 0])
+    else:
+        k = _load_rows(k_ptrs, offs_d, D, EVEN_D)
+        v = _load_rows(v_ptrs, offs_d, D, EVEN_D)
     qk = _mm(q, tl.trans(k), None, DOT_PREC, UPCAST) * qk_scale
     if SPLIT_STATS:  # lse2 holds the row max; linv 1/l (0 on rows whose ds is exactly 0)
         p = tl.math.exp2(qk - lse2[:, None]) * linv[:, None]

@@ -94,7 +94,8 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 # forward lists no 64x64 tile: with the causal diagonal loop it spills at head dims 96 and 128 (w8 s2:
 # 168-172 B; w4 s2 104 B and w4 s1 112 B before that loop; w8 s1 has no cp.async; CHANGES.md, "Masked
 # tiles"). 128-wide key tiles are not listed: the forward's 128x128 (2 or 3 stages) spills at head dim 64 and
-# 128 (benchmarks/results/static/perf/sm90_5_4_after_*).
+# 128 (benchmarks/results/static/perf/sm90_5_4_after_*), with K/V through TMA descriptors too (issue 19:
+# 596 B at D=64, 916 B at D=128 with 2 stages; benchmarks/results/static/tma_sm90.md).
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     "fwd": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2)],
     "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
