@@ -223,6 +223,9 @@ class MMAMask:
         self.padcum = torch.cat(
             [torch.zeros(B, 1, dtype=torch.long, device=dev), (~valid).long().cumsum(dim=1)], dim=1
         ).to(torch.int32)
+        # whether any token is padding (one small host sync, beside the ones above): without padding the
+        # Triton kernels' masked tiles read V (dQ: K and V) through TMA descriptors too (`triton_ops._tma_level`)
+        self.pad_keys = bool((~valid).any())
         # window-only bounds: first key a query may look at, last query that may look at a key
         self._look_outer = torch.stack([q_first, k_last], dim=1).to(torch.int32)
 

@@ -181,8 +181,8 @@ def build_parser():
     p.add_argument("--kernels", default="fwd,dq,dkdv")
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--head-dims", default=",".join(map(str, HEAD_DIMS)))
-    p.add_argument("--features", default="", help="optional kernel paths to switch on: groups,window "
-                                                    "(default: none, the plain MMA launch)")
+    p.add_argument("--features", default="", help="optional kernel paths to switch on: groups,window,padding "
+                                                    "(default: none, the plain MMA launch with no padding)")
     p.add_argument("--only", help="only these configs, e.g. fwd:128x64x8x3,dq:64x64x4x2 (block_m x block_n x "
                                   "warps x stages)")
     return p

@@ -93,23 +93,26 @@ def capture_launches(dtype: str = "bf16", head_dim: int = 128, batch: int = 1, h
     `arch`: the launchers' device-dependent choices are made as on that GPU (TMA descriptors from sm_90 on,
     see `triton_ops.TMA`).
 
-    `features`: ``"groups"`` (a second mutual level, `MMAMask(group_ids=...)`) and/or ``"window"`` (a
-    sliding window) switch on the kernels' optional paths, as a user's call would.
+    `features`: ``"groups"`` (a second mutual level, `MMAMask(group_ids=...)`), ``"window"`` (a sliding
+    window) switch on the kernels' optional paths, as a user's call would; ``"padding"`` left-pads the row
+    (a padded batch: the masked tiles keep pointer loads for V, `triton_ops._tma_level`).
     """
     from mma_kernels import MMAMask
     from mma_kernels.ops import triton_ops
 
     if triton_ops.interpreting():
         raise RuntimeError("static compilation needs TRITON_INTERPRET unset")
-    unknown = set(features) - {"groups", "window"}
+    unknown = set(features) - {"groups", "window", "padding"}
     if unknown:
-        raise ValueError(f"features: expected groups and/or window, got {sorted(unknown)}")
+        raise ValueError(f"features: expected groups, window and/or padding, got {sorted(unknown)}")
     dt = DTYPES[dtype]
     mk = lambda h: torch.empty(batch, h, seqlen, head_dim, device="meta", dtype=dt, requires_grad=True)  # noqa: E731
     q, k, v = mk(heads_q), mk(heads_kv), mk(heads_kv)
     # a realistic mask: text, one image with look-ahead, text (the values do not enter the specialisation)
     mod = torch.zeros(batch, seqlen, dtype=torch.int32)
     mod[:, seqlen // 8: seqlen // 8 + 576] = 1
+    if "padding" in features:
+        mod[:, :5] = -1
     kw = {}
     if "groups" in features:
         kw["group_ids"] = torch.zeros_like(mod)

@@ -70,7 +70,8 @@ def build(static_path: str, tiles_path: str, dtype: str, head_dim: int):
     return rows, sdata["header"], tiles[0] if tiles else {}, sorted(missing)
 
 
-def markdown(rows: List[Dict], sheader: Dict, theader: Dict, dtype: str, head_dim: int, missing, argv) -> str:
+def markdown(rows: List[Dict], sheader: Dict, theader: Dict, dtype: str, head_dim: int, missing, argv,
+             before: Optional[Dict] = None) -> str:
     out = [f"# Inferred tile-loop cost per head ({sheader['arch']}, {dtype}, head dim {head_dim})", "",
            f"Command: `python -m benchmarks.static.cost {' '.join(argv)}`. Static report: `{sheader['command']}` "
            f"(triton {sheader['triton']}, commit `{sheader['git_commit']}`, {sheader['date']}). Tile counts: "
@@ -78,14 +79,22 @@ def markdown(rows: List[Dict], sheader: Dict, theader: Dict, dtype: str, head_di
            "**Inferred, not measured**: instructions issued by the tile loops = plain loop x plain tiles + each "
            "masked loop x its tiles (static counts per iteration). `x all-plain`: that over the same visits run "
            "as plain tiles; `/128x64`: per visited tile, scaled to a 128x64 tile. Masked loops in code order: "
-           "fwd/dQ before-diagonal, diagonal, look-ahead; dK/dV below, above the fully allowed rows.", "",
+           "fwd/dQ before-diagonal, diagonal, look-ahead; dK/dV below, above the fully allowed rows."
+           + (f" `before`: `/128x64` from the static report `{before['header']['command']}` (commit "
+              f"`{before['header']['git_commit']}`), and after / before." if before else ""), "",
            "| layout | L | kernel | tile | config | visited | masked share | plain loop | masked loops "
-           "| masked tiles | x all-plain | /128x64 |", "|" + "---|" * 12]
+           "| masked tiles | x all-plain | /128x64 |" + (" before | after / before |" if before else ""),
+           "|" + "---|" * (14 if before else 12)]
     for r in rows:
-        out.append(f"| {r['layout']} | {r['seqlen'] // 1024}K | {r['kernel']} | {r['tile']} | {r['config']} | "
-                   f"{r['visited']} | {r['masked_share']} | {r['plain_loop']} | "
-                   f"{'/'.join(map(str, r['masked_loops']))} | {'/'.join(map(str, r['masked_tiles']))} | "
-                   f"{r['over_all_plain']} | {r['per_128x64']} |")
+        line = (f"| {r['layout']} | {r['seqlen'] // 1024}K | {r['kernel']} | {r['tile']} | {r['config']} | "
+                f"{r['visited']} | {r['masked_share']} | {r['plain_loop']} | "
+                f"{'/'.join(map(str, r['masked_loops']))} | {'/'.join(map(str, r['masked_tiles']))} | "
+                f"{r['over_all_plain']} | {r['per_128x64']} |")
+        if before:
+            b = before["rows"].get((r["layout"], r["seqlen"], r["kernel"], r["tile"]))
+            line += (f" {b['per_128x64']} | {r['per_128x64'] / b['per_128x64']:.3f} |" if b and b["per_128x64"]
+                     else " - | - |")
+        out.append(line)
     if missing:
         out += ["", "Not joined (no matching static record or loop structure): " + ", ".join(missing) + "."]
     return "\n".join(out) + "\n"
@@ -101,14 +110,19 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=None, help="only this length (tokens)")
     p.add_argument("--md", help="write the markdown table here (default: print it)")
+    p.add_argument("--before", help="an earlier static report: adds its /128x64 and the ratio, per row")
     a = p.parse_args(argv)
     rows, sh, th, missing = build(a.static, a.tiles, a.dtype, a.head_dim)
+    before = None
+    if a.before:
+        brows, bh, _, _ = build(a.before, a.tiles, a.dtype, a.head_dim)
+        before = dict(header=bh, rows={(r["layout"], r["seqlen"], r["kernel"], r["tile"]): r for r in brows})
     if a.seqlen:
         rows = [r for r in rows if r["seqlen"] == a.seqlen]
     if not rows:
         raise SystemExit("no tile record joined a static record: check --dtype/--head-dim, and that the tile suite "
                          "was run with this version (records need `masked_loops`)")
-    text = markdown(rows, sh, th, a.dtype, a.head_dim, missing, argv)
+    text = markdown(rows, sh, th, a.dtype, a.head_dim, missing, argv, before)
     if a.md:
         with open(a.md, "w", encoding="utf-8") as f:
             f.write(text)

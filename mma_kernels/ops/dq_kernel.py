@@ -16,7 +16,8 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
               NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None):
     """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`;
-    TMA as there: K and V through the descriptors kd / vd, except in masked tiles that may hold padding keys."""
+    TMA as there: K and V through the descriptors kd / vd, except (level 1) in masked tiles that may hold
+    padding keys."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
@@ -24,7 +25,7 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     if MASKED:  # padding keys load K and V as 0: both meet p = 0 in a product (dS @ K, dO @ V^T)
         k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
             meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
-        if NOPAD and TMA:
+        if (NOPAD and TMA) or TMA == 2:  # level 2: no padding key anywhere; rows past Lk read 0
             k = kd.load([start, 0])
             v = vd.load([start, 0])
         elif NOPAD:
@@ -169,7 +170,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     # 128x64 tiles at head-dim blocks over 64 keep pointer loads: with descriptors they spill a few bytes
     # before the loops (benchmarks/results/static/tma_sm90.md)
-    USE_TMA: tl.constexpr = TMA and (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64)
+    USE_TMA: tl.constexpr = TMA * (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64)
     kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, USE_TMA)
     vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, USE_TMA)
 

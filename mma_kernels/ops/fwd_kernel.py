@@ -18,9 +18,10 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None):
     """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
     look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing);
-    plain MMA evaluates `_allowed_span`, groups or a window `_allowed`. TMA: K and V tiles come through the
-    tensor descriptors kd / vd (`_head_slice`), except V in masked tiles that may hold padding keys, which a
-    masked pointer load reads as 0 (zeroing a descriptor-loaded tile would take it out of shared memory)."""
+    plain MMA evaluates `_allowed_span`, groups or a window `_allowed`. TMA (`triton_ops._tma_level`): K and V
+    tiles come through the tensor descriptors kd / vd (`_head_slice`), except, at level 1, V in masked tiles
+    that may hold padding keys, which a masked pointer load reads as 0 (zeroing a descriptor-loaded tile would
+    take it out of shared memory); at level 2 the mask has no padding and those read through vd as well."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     if MASKED:
@@ -46,7 +47,9 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     p = tl.math.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED and not NOPAD:  # padding keys load V as 0: p is 0 there, and 0 * (NaN or inf) would not be
+    if MASKED and not NOPAD and TMA == 2:  # no padding key anywhere: rows past Lk read 0 from the descriptor
+        v = _row_tile(vd, start, svn, offs_n, offs_d, D, k_real, 1, EVEN_D, TMA)
+    elif MASKED and not NOPAD:  # padding keys load V as 0: p is 0 there, and 0 * (NaN or inf) would not be
         v = _row_tile(v_base, start, svn, offs_n, offs_d, D, k_real, 2, EVEN_D, False)
     else:
         v = _row_tile(vd if TMA else v_base, start, svn, offs_n, offs_d, D, offs_n, 0, EVEN_D, TMA)
@@ -97,7 +100,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
                    HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False):
     """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
-    TMA: K and V tiles move through tensor descriptors (sm_90's copy engine); the launcher checks alignment."""
+    TMA: 0, 1 or 2 (`triton_ops._tma_level`): K and V tiles through tensor descriptors (sm_90's copy engine)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq

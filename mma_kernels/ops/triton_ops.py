@@ -74,9 +74,11 @@ DKDV_GQA = "auto"
 # time as fit in this many bytes (at least one KV head's group: 2 * B * GROUP * Lk * D * 4 bytes).
 DKDV_SHARE_BYTES = 256 << 20
 
-# K/V (forward, dQ) and Q/dO (dK/dV) tiles through TMA tensor descriptors (`tl.make_tensor_descriptor`):
+# K/V (forward, dQ) tiles through TMA tensor descriptors (`tl.make_tensor_descriptor`):
 #   "auto" (default) on sm_90 and newer, and under the interpreter (so CI runs the path sm_90 runs), whenever
 #          every such tensor allows a descriptor (`_tma_ok`); pointer loads (cp.async) elsewhere (sm_80, odd strides);
+#          masked tiles that may hold padding keys keep masked pointer loads unless the mask has no padding
+#          (`_tma_level`: the kernels' TMA constexpr 0, 1 or 2);
 #   "on"   whenever the tensors allow it, whatever the device (the static report compiles sm_90 launches this way);
 #   "off"  pointer loads everywhere.
 TMA = "auto"
@@ -165,6 +167,15 @@ def _tma_ok(*ts: torch.Tensor) -> bool:
     return True
 
 
+def _tma_level(mask, k, v) -> int:
+    """The kernels' TMA constexpr: 0 pointer loads; 1 K/V through descriptors except in masked tiles that may
+    hold padding keys (those rows must read 0 whatever the cache holds); 2 there too, for a mask with no
+    padding at all (`MMAMask.pad_keys` False; masks rebuilt from raw fields count as padded)."""
+    if not _tma_ok(k, v):
+        return 0
+    return 1 if getattr(mask, "pad_keys", True) else 2
+
+
 def _ensure_allocator() -> None:
     """Descriptors built inside a kernel need a small global scratch buffer per program: give triton a torch
     allocator unless the caller set one (triton keeps it per thread)."""
@@ -236,7 +247,7 @@ def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), *mstrides,
             Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, window or 0, int(math.log2(Lq)))
-    _launch("fwd", Lq, B * Hq, args, **meta, TMA=_tma_ok(k, v))
+    _launch("fwd", Lq, B * Hq, args, **meta, TMA=_tma_level(mask, k, v))
     if keep32:  # the stats slot carries the fp32 output for the backward's delta
         return o.to(q.dtype), lse, o
     return o, lse, stats
@@ -273,7 +284,7 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
     _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
                                Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta,
-            TMA=_tma_ok(k, v))
+            TMA=_tma_level(mask, k, v))
     args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single)
     if not split:
         _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
