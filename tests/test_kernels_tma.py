@@ -47,15 +47,19 @@ def test_both_load_forms_match_the_oracle(monkeypatch, launches, mode, dtype, D,
     assert _flags(launches) == {0 if mode == "off" else 1 if padded else 2}
 
 
-@pytest.mark.parametrize("padded", [False, True])
-def test_both_tma_levels_on_one_layout(monkeypatch, launches, padded):
-    """The same no-padding layout at level 2, and with one padding token added (level 1)."""
+@pytest.mark.parametrize("padded, gqa", [(False, "auto"), (False, "loop"), (True, "auto")])
+def test_both_tma_levels_on_one_layout(monkeypatch, launches, padded, gqa):
+    """The same no-padding layout at level 2, and with one padding token added (level 1). Head dim 96 (a
+    head-dim block of 128): at level 2 the dK/dV kernel reads q / dO through descriptors too, with one query
+    head per program (GQA "split", the default there) or looping over the group."""
+    monkeypatch.setattr(triton_ops, "DKDV_GQA", gqa)
     mod, seg, doc = make_layout("multi_turn", 2, 97, seed=4)
     mod[mod == -1] = 0
     if padded:
         mod[1, 50] = -1
-    check_case("triton", torch.bfloat16, B=2, Hq=4, Hkv=2, Lq=97, Lk=97, D=64, seed=4, ids=(mod, seg, doc))
+    check_case("triton", torch.bfloat16, B=2, Hq=4, Hkv=2, Lq=97, Lk=97, D=96, seed=4, ids=(mod, seg, doc))
     assert _flags(launches) == {1 if padded else 2}
+    assert {flag for kind, flag in launches if kind == "dkdv"} == {1 if padded else 2}
 
 
 @pytest.mark.parametrize("blocks", [(16, 64), (64, 16)])

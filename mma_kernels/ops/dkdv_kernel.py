@@ -3,7 +3,7 @@ query blocks of `_query_block_ranges` for every query head of its GQA group."""
 import triton
 import triton.language as tl
 
-from .tile_io import _mm, _cast
+from .tile_io import _cast, _head_slice, _mm
 from .mask_rules import _allowed, _allowed_before, _allowed_doc_span, _load_query_fields, _load_key_fields
 from .block_ranges import _query_block_ranges
 
@@ -13,12 +13,14 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
                 key_start, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
                 DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                SPLIT_STATS: tl.constexpr, BEFORE: tl.constexpr = False):
+                SPLIT_STATS: tl.constexpr, BEFORE: tl.constexpr = False, TMA: tl.constexpr = 0, qd=None, dod=None):
     """Row blocks [m_lo, m_hi) of one key block, in the transposed orientation ([BLOCK_N keys, BLOCK_M rows]).
     Masked loops: BEFORE (rows at or after every key: the loop above the fully allowed rows, see
     `_query_block_ranges`: in that case only when the block has fully allowed rows) needs only the document
     bound; else plain MMA evaluates `_allowed_doc_span` (operands broadcast [1, M] x [N, 1]), groups or a
-    window `_allowed`."""
+    window `_allowed`. TMA (`triton_ops._tma_level`): q and dO tiles through the descriptors qd / dod in the
+    plain loop (its rows hold no padding query; rows past Lq read 0), and in masked loops too at level 2 (no
+    padding anywhere); else masked pointer loads, which read padding rows as 0."""
     offs_d = tl.arange(0, BLOCK_D)
     off = Lk - Lq
     if MASKED:  # the keys' fields are loaded here, live only across a masked loop (not the group loop)
@@ -46,9 +48,15 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
             else:
                 q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
             row_ok = row_ok & (q_doc >= 0)
-        tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
-        q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok, other=0.0)
-        do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok, other=0.0)
+        if TMA == 2 or (TMA and not MASKED):
+            q = qd.load([start, 0])
+            do = dod.load([start, 0])
+        else:
+            tile_ok = row_ok[:, None] & (offs_d < D)[None, :]
+            q = tl.load(q_base + start.to(tl.int64) * sqm + offs_m[:, None] * sqm + offs_d[None, :], mask=tile_ok,
+                        other=0.0)
+            do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok,
+                         other=0.0)
         lse2 = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         qkT = _mm(k, tl.trans(q), None, DOT_PREC, UPCAST) * qk_scale  # [BLOCK_N, BLOCK_M]
@@ -134,7 +142,7 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
                         HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
                         EVEN_D: tl.constexpr = False, SPLIT_GROUP: tl.constexpr = False, QPOS=None,
-                        HAS_QPOS: tl.constexpr = False):
+                        HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = 0):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it.
 
     SPLIT_GROUP: one program per block of keys and *query* head instead (no loop over the group), for the
@@ -187,11 +195,17 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                 + offs_n[:, None] * svn + offs_d[None, :], mask=kv_ok, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    # q / dO through descriptors only at level 2 (no padding: with padding the 32x128 tile spills a few bytes
+    # before its loops), above a head-dim block of 64 (at 64 the GQA group loop rebuilds them per head and the
+    # plain loop gains nothing: benchmarks/results/static/tma_sm90.md), and not with query positions
+    USE_TMA: tl.constexpr = 2 * (TMA == 2) * (BLOCK_D > 64) * (not HAS_QPOS)
     for g in range(heads):
         h = h0 + g
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * Hq + h).to(tl.int64) * Lq
+        qd = _head_slice(q_base, Lq, D, sqm, BLOCK_M, BLOCK_D, USE_TMA)
+        dod = _head_slice(do_base, Lq, D, sdm, BLOCK_M, BLOCK_D, USE_TMA)
         if HAS_QPOS:
             dk, dv = _dkdv_tiles_at(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base,
                                     DELTA + row_base, sqm, sdm, meta_b, smf, QPOS, key_start, m_lo, m_hi, Lq, Lk, D,
@@ -201,16 +215,16 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                                  sqm, sdm, meta_b, smf,
                                  key_start, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single,
-                                 BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+                                 BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, TMA=USE_TMA, qd=qd, dod=dod)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                                  sqm, sdm, meta_b, smf,
                                  key_start, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single,
-                                 BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
+                                 BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, TMA=USE_TMA, qd=qd, dod=dod)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                                  sqm, sdm, meta_b, smf,
                                  key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
                                  BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                                 not HAS_WINDOW)
+                                 not HAS_WINDOW, TMA=USE_TMA, qd=qd, dod=dod)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tile_ok = (key_start + offs_n < Lk)[:, None] & (offs_d < D)[None, :]  # recomputed: not live across the loops

@@ -123,7 +123,7 @@ _tuned = {
     # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
     "dq": triton.autotune(_configs("dq"), key=_KEY + ["TMA"], prune_configs_by={"early_config_prune": _prune},
                           restore_value=["DELTA"])(tk.mma_bwd_dq_kernel),
-    "dkdv": triton.autotune(_configs("dkdv"), key=_KEY + ["SPLIT_GROUP"],
+    "dkdv": triton.autotune(_configs("dkdv"), key=_KEY + ["SPLIT_GROUP", "TMA"],
                             prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
 }
 _raw = {"fwd": tk.mma_fwd_kernel, "dq": tk.mma_bwd_dq_kernel, "dkdv": tk.mma_bwd_dkdv_kernel}
@@ -288,7 +288,7 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single)
     if not split:
         _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
-                **meta, SPLIT_GROUP=False)
+                **meta, SPLIT_GROUP=False, TMA=_tma_level(mask, q, do))
         return dq, dk, dv
     # each query head's fp32 share, summed over its group and rounded once; a few KV heads per launch
     per_kv = 2 * B * group * Lk * D * 4
@@ -298,7 +298,8 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
         n = min(chunk, Hkv - kv0)
         sk, sv = (s[: B * n * group * Lk * D].view(B, n * group, Lk, D) for s in shares)  # contiguous
         _launch("dkdv", Lk, B * n * group, (q, k, v, do, sk, sv, lse2, linv, delta, *mptrs, *strides, *args,
-                                            kv0 * group, n * group, bucket), **meta, SPLIT_GROUP=True)
+                                            kv0 * group, n * group, bucket), **meta, SPLIT_GROUP=True,
+                TMA=_tma_level(mask, q, do))
         dk[:, kv0:kv0 + n] = sk.view(B, n, group, Lk, D).sum(2)
         dv[:, kv0:kv0 + n] = sv.view(B, n, group, Lk, D).sum(2)
     return dq, dk, dv
