@@ -168,9 +168,9 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         linv = tl.where((linv == 1.0) & (zero_single != 0), 0.0, linv)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    # 128x64 tiles at head-dim blocks over 64 keep pointer loads: with descriptors they spill a few bytes
-    # before the loops (benchmarks/results/static/tma_sm90.md)
-    USE_TMA: tl.constexpr = TMA * (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64)
+    # at level 1, 128x64 tiles above a head-dim block of 64 keep pointer loads: with descriptors there (tried
+    # in issue 19) they spilled a few bytes before the loops; at level 2 they do not spill
+    USE_TMA: tl.constexpr = TMA * (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64 or TMA == 2)
     kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, USE_TMA)
     vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, USE_TMA)
 
