@@ -5,7 +5,7 @@ block, the query blocks (`_query_block_ranges`). `benchmarks/tiles.py` replicate
 import triton
 import triton.language as tl
 
-from .mask_rules import _allowed_before, _look_bits
+from .mask_rules import _allowed_before, _load_query_fields, _look_bits, _span_query_bounds
 
 
 @triton.jit
@@ -162,3 +162,36 @@ def _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M: tl.const
     f_hi = tl.where(full, tl.minimum(f_hi, m_hi), m_hi)
     f_hi = tl.maximum(f_hi, f_lo)
     return m_lo, f_lo, f_hi, m_hi
+
+
+@triton.jit
+def _query_block(META, PADCUM, WIN, smb, smf, spb, swb, swf, Hq, Lq, Lk, GROUP, window, QPOS,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 HAS_QPOS: tl.constexpr):
+    """A forward or dQ program's query-row block (grid: row blocks x batch * query heads): its batch row and
+    heads, rows, per-row fields (`_load_query_fields`, `_span_query_bounds`), and the key-block ranges of its
+    four loops (`_key_block_ranges`, `_lookahead_split`)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // GROUP
+    off = Lk - Lq
+    row_start = pid_m * BLOCK_M
+    rows = row_start + tl.arange(0, BLOCK_M)
+    row_ok = rows < Lq
+    meta_b = META + b.to(tl.int64) * smb
+    pad_b = PADCUM + b.to(tl.int64) * spb
+    win_b = WIN + b.to(tl.int64) * swb
+    if HAS_QPOS:
+        q_pos = tl.load(QPOS + rows, mask=row_ok, other=0)
+    else:
+        q_pos = rows + off
+    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
+    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
+    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
+                                               win_b, swf, window, HAS_WINDOW, QPOS, HAS_QPOS)
+    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N,
+                                              QPOS, HAS_QPOS)
+    return (pid_bh, b, h, hk, row_start, rows, row_ok, meta_b, pad_b, q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo,
+            q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi)

@@ -5,8 +5,8 @@ import triton
 import triton.language as tl
 
 from .tile_io import _cast, _head_slice, _mm, _row_tile
-from .mask_rules import _span_query_bounds, _load_query_fields, _look_bits, _tile_key_fields, _tile_allowed
-from .block_ranges import _key_block_ranges, _lookahead_split, _diagonal_kind, _next_look_block
+from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
+from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
 
 @triton.jit
@@ -101,29 +101,11 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False):
     """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
     TMA: 0, 1 or 2 (`triton_ops._tma_level`): K and V tiles through tensor descriptors (sm_90's copy engine)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    hk = h // GROUP
-    off = Lk - Lq
-    row_start = pid_m * BLOCK_M
-    rows = row_start + tl.arange(0, BLOCK_M)
+    (pid_bh, b, h, hk, row_start, rows, row_ok, meta_b, pad_b, q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo,
+     q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi) = _query_block(META, PADCUM, WIN, smb, smf, spb, swb, swf, Hq, Lq, Lk,
+                                                               GROUP, window, QPOS, BLOCK_M, BLOCK_N, HAS_GROUPS,
+                                                               HAS_WINDOW, HAS_QPOS)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = rows < Lq
-    meta_b = META + b.to(tl.int64) * smb
-    pad_b = PADCUM + b.to(tl.int64) * spb
-    win_b = WIN + b.to(tl.int64) * swb
-    if HAS_QPOS:
-        q_pos = tl.load(QPOS + rows, mask=row_ok, other=0)
-    else:
-        q_pos = rows + off
-    q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, q_pos, row_ok, HAS_GROUPS)
-    q_pos, q_lo, q_hi = _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk)
-    n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, row_start, Lq, Lk, BLOCK_M, BLOCK_N,
-                                               win_b, swf, window, HAS_WINDOW, QPOS, HAS_QPOS)
-    f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N,
-                                              QPOS, HAS_QPOS)
 
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + row_start.to(tl.int64) * sqm
     tile_ok = row_ok[:, None] & (offs_d < D)[None, :]

@@ -14,7 +14,7 @@ HAS_GROUPS / HAS_WINDOW / HAS_QPOS are constexpr: without them the kernels compi
 code. This module gathers the names the launchers, tests and benchmarks use.
 """
 from .block_ranges import (_diagonal_kind, _key_block_ranges, _lookahead_split, _next_look_block,  # noqa: F401
-                           _query_block_ranges)
+                           _query_block, _query_block_ranges)
 from .dkdv_kernel import _dkdv_tiles, _dkdv_tiles_at, mma_bwd_dkdv_kernel  # noqa: F401
 from .dq_kernel import _dq_pass, _dq_tile, _dq_tiles, mma_bwd_dq_kernel  # noqa: F401
 from .fwd_kernel import _fwd_look_tiles, _fwd_tile, _fwd_tiles, mma_fwd_kernel  # noqa: F401
