@@ -31,7 +31,7 @@ def _flags(seen):
     return {flag for kind, flag in seen if kind in ("fwd", "dq")}
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
+@pytest.mark.parametrize("mode", ["off"])  # "auto" (descriptors) is what the rest of the suite runs
 @pytest.mark.parametrize("dtype, D, Lq, Lk, Hq, Hkv, layout", [
     (torch.bfloat16, 64, 97, 97, 4, 2, "multi_turn"),
     (torch.float16, 80, 97, 97, 4, 1, "packed"),
