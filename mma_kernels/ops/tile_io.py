@@ -53,12 +53,11 @@ def _row_tile(src, start, stride, offs_n, offs_d, D, row_ok, ROWS: tl.constexpr,
     engine reads rows past L and columns past D as 0 itself. Else `src` points at the slice's first row (row
     stride `stride`) and the load is masked as needed. ROWS: 0 every row is in range; 1 rows where `row_ok` is
     False are out of range (only bounds: the descriptor needs nothing); 2 rows where `row_ok` is False must read
-    0 even inside the slice (padding whose values may be NaN or inf)."""
+    0 even inside the slice (padding whose values may be NaN or inf): pointer loads only (zeroing a descriptor
+    tile would take it out of shared memory; callers take pointers there, see `triton_ops._tma_level`)."""
     if TMA:
-        t = src.load([start, 0])
-        if ROWS == 2:
-            t = tl.where(row_ok[:, None], t, tl.zeros_like(t))
-        return t
+        tl.static_assert(ROWS != 2, "_row_tile: rows that must read 0 inside the slice need pointer loads")
+        return src.load([start, 0])
     else:
         ptrs = src + tl.cast(start, tl.int64) * stride + offs_n[:, None] * stride + offs_d[None, :]
         if ROWS == 0:
