@@ -49,6 +49,12 @@ PAD_MOD = 31  # KMOD of padding: modalities are 0..30, so no policy bit ever sel
 WIN_KV_LO, WIN_Q_HI = 0, 1  # rows of `window_fields`
 
 
+def pad_field_values(seq_len: int) -> tuple:
+    """Each field's value on a padding token (``BIG = seq_len``), in field order (12 fields)."""
+    big = seq_len
+    return (-1, -1, PAD_MOD, 0, big, -1, big, -1, big, big, -1, 0)
+
+
 def _runs(ids: torch.Tensor, valid: torch.Tensor):
     """Run starts among valid tokens (padding is skipped over) and run index per token."""
     B, L = ids.shape

@@ -53,14 +53,15 @@ def mask_functions():
                                     "_allowed_doc_span") if hasattr(tk, n)]
 
 
-def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=(), arch: int = 90):
+def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=(), arch: int = 90,
+             seqlen: int = LAUNCH["seqlen"]):
     """(kernel, dtype, head_dim, launch, config key, in_autotune) for every variant to compile."""
     from .capture import autotune_configs, capture_launches, key_of
 
     out = []
     for dtype in dtypes:
         for d in head_dims:
-            launches = capture_launches(dtype, d, features=tuple(features), arch=arch, **LAUNCH)
+            launches = capture_launches(dtype, d, features=tuple(features), arch=arch, **dict(LAUNCH, seqlen=seqlen))
             for kind in kernels:
                 listed, kept = autotune_configs(kind, launches[kind])
                 kept_keys = {key_of(c) for c in kept}
@@ -119,11 +120,12 @@ def _fmt_spills(r):
 
 
 def markdown(records: List[Dict], header: Dict) -> str:
+    launch = header.get("launch", LAUNCH)
     lines = [f"# Static machine-code report, {header['arch']}", "",
              f"triton {header['triton']}, torch {header['torch']}, commit `{header['git_commit']}`, "
              f"{header['date']}. Command: `{header['command']}`.", "",
-             f"Launch specialised as the runtime does it: B={LAUNCH['batch']}, Hq={LAUNCH['heads_q']}, "
-             f"Hkv={LAUNCH['heads_kv']}, L={LAUNCH['seqlen']}. Loop columns: static instructions in one iteration "
+             f"Launch specialised as the runtime does it: B={launch['batch']}, Hq={launch['heads_q']}, "
+             f"Hkv={launch['heads_kv']}, L={launch['seqlen']}. Loop columns: static instructions in one iteration "
              "(one tile) of each loop, in code order; `/128x64`: the plain loop scaled to a 128x64 tile. "
              "`spill B`: bytes of local-memory stores/loads (STL/LDL) in the whole kernel; `spill instr`: the STL + LDL "
              "instructions in each loop's own body (code order, inner loops excluded) and outside every loop. "
@@ -148,7 +150,7 @@ def markdown(records: List[Dict], header: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def header(arch: int, argv) -> Dict:
+def header(arch: int, argv, seqlen: int = LAUNCH["seqlen"]) -> Dict:
     import torch
     import triton
 
@@ -156,7 +158,7 @@ def header(arch: int, argv) -> Dict:
 
     return dict(arch=f"sm_{arch}", triton=triton.__version__, torch=torch.__version__, git_commit=_git_commit(),
                 date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                command="python -m benchmarks.static " + " ".join(argv), launch=LAUNCH)
+                command="python -m benchmarks.static " + " ".join(argv), launch=dict(LAUNCH, seqlen=seqlen))
 
 
 def _parse_only(s: Optional[str]):
@@ -183,6 +185,9 @@ def build_parser():
     p.add_argument("--head-dims", default=",".join(map(str, HEAD_DIMS)))
     p.add_argument("--features", default="", help="optional kernel paths to switch on: groups,window,padding "
                                                     "(default: none, the plain MMA launch with no padding)")
+    p.add_argument("--seqlen", type=int, default=LAUNCH["seqlen"],
+                   help=f"the launch's Lq = Lk (default {LAUNCH['seqlen']}; one not a multiple of 16 shows what odd "
+                        "lengths cost)")
     p.add_argument("--only", help="only these configs, e.g. fwd:128x64x8x3,dq:64x64x4x2 (block_m x block_n x "
                                   "warps x stages)")
     return p
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
     mask_lines = function_lines(*mask_functions())
     feats = [f for f in a.features.split(",") if f]
     todo = variants(a.kernels.split(","), a.dtypes.split(","), [int(x) for x in a.head_dims.split(",")], a.all,
-                    _parse_only(a.only), feats, a.arch)
+                    _parse_only(a.only), feats, a.arch, a.seqlen)
     print(f"compiling {len(todo)} variants for sm_{a.arch} (no GPU needed)", file=sys.stderr, flush=True)
     records = []
     for i, v in enumerate(todo):
@@ -208,7 +213,7 @@ def main(argv=None) -> int:
                                    f"loops plain {_fmt_loops(r, 'plain')} masked {_fmt_loops(r, 'masked')}")
         print(f"[{i + 1}/{len(todo)}] {r['kernel']} {r['dtype']} D={r['head_dim']} {r['block_m']}x{r['block_n']} "
               f"w{r['num_warps']} s{r['num_stages']}: {brief} ({r['compile_s']} s)", file=sys.stderr, flush=True)
-    head = dict(header(a.arch, argv), features=feats)
+    head = dict(header(a.arch, argv, a.seqlen), features=feats)
     js = a.json or (os.path.join(RESULTS, f"sm{a.arch}{'_all' if a.all else ''}.json") if a.save else None)
     md_text = markdown(records, head)
     if js:

@@ -9,8 +9,8 @@ from .block_ranges import _query_block_ranges
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, sqm, sdm, meta_b, smf,
-                key_start, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, sqm, sdm, meta_b, smf, srs,
+                key_start, m_lo, m_hi, Lq, Lk, D, qk_scale, window, zero_single, off,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
                 DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 SPLIT_STATS: tl.constexpr, BEFORE: tl.constexpr = False, TMA: tl.constexpr = 0, qd=None, dod=None):
@@ -22,7 +22,6 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
     plain loop (its rows hold no padding query; rows past Lq read 0), and in masked loops too at level 2 (no
     padding anywhere); else masked pointer loads, which read padding rows as 0."""
     offs_d = tl.arange(0, BLOCK_D)
-    off = Lk - Lq
     if MASKED:  # the keys' fields are loaded here, live only across a masked loop (not the group loop)
         offs_n = tl.arange(0, BLOCK_N)
         k_pos = key_start + offs_n
@@ -39,15 +38,18 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
         rows = start + offs_m
         row_ok = rows < Lq
         if MASKED:  # padding query rows (only ever in masked tiles) load as 0, whatever q/dO hold
+            # bounded by the field stride, past Lk the fields are padding's (`triton_ops._kernel_fields`): with
+            # off = Lk - Lq a multiple of 16 (0 in training) the loads stay 16-row vectors at any Lq
+            f_ok = rows + off < smf
             if BEFORE or not (HAS_GROUPS or HAS_WINDOW):
-                q_doc = tl.load(meta_b + rows + off, mask=row_ok, other=-2)
+                q_doc = tl.load(meta_b + rows + off, mask=f_ok, other=-2)
                 q_doc = tl.where(q_doc < 0, -2, q_doc)
                 if not BEFORE:
-                    q_hi = tl.load(meta_b + 5 * smf + rows + off, mask=row_ok, other=0)
-                    q_bits = tl.load(meta_b + 3 * smf + rows + off, mask=row_ok, other=0)
+                    q_hi = tl.load(meta_b + 5 * smf + rows + off, mask=f_ok, other=0)
+                    q_bits = tl.load(meta_b + 3 * smf + rows + off, mask=f_ok, other=0)
             else:
-                q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, row_ok, HAS_GROUPS)
-            row_ok = row_ok & (q_doc >= 0)
+                q_doc, q_seg, q_bits, q_grp, q_gbits = _load_query_fields(meta_b, smf, rows + off, f_ok, HAS_GROUPS)
+            row_ok = q_doc >= 0  # -2 past Lq: rows + off >= Lk
         if TMA == 2 or (TMA and not MASKED):
             q = qd.load([start, 0])
             do = dod.load([start, 0])
@@ -57,11 +59,13 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
                         other=0.0)
             do = tl.load(do_base + start.to(tl.int64) * sdm + offs_m[:, None] * sdm + offs_d[None, :], mask=tile_ok,
                          other=0.0)
-        lse2 = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        # plain tiles: bounded by the rows' stride (a multiple of 16, neutral values past Lq: `_row_stats`)
+        stat_ok = row_ok if MASKED else rows < srs
+        lse2 = tl.load(lse_base + rows, mask=stat_ok, other=float("inf"))
+        delta = tl.load(delta_base + rows, mask=stat_ok, other=0.0)
         qkT = _mm(k, tl.trans(q), None, DOT_PREC, UPCAST) * qk_scale  # [BLOCK_N, BLOCK_M]
         if SPLIT_STATS:  # lse2 holds the row max: p = exp2(s - m) / l
-            linv = tl.load(linv_base + rows, mask=row_ok, other=0.0)
+            linv = tl.load(linv_base + rows, mask=stat_ok, other=0.0)
             pT = tl.math.exp2(qkT - lse2[None, :]) * linv[None, :]
         else:
             pT = tl.math.exp2(qkT - lse2[None, :])
@@ -136,8 +140,8 @@ def _dkdv_tiles_at(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_bas
 @triton.jit
 def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WIN,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
-                        smb, smf, spb, swb, swf, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
-                        h_base, h_launch,
+                        smb, smf, spb, swb, swf, srs, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
+                        q_off, h_base, h_launch,
                         LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
                         HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
@@ -203,7 +207,7 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
         h = h0 + g
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
-        row_base = (b * Hq + h).to(tl.int64) * Lq
+        row_base = (b * Hq + h).to(tl.int64) * srs
         qd = _head_slice(q_base, Lq, D, sqm, BLOCK_M, BLOCK_D, USE_TMA)
         dod = _head_slice(do_base, Lq, D, sdm, BLOCK_M, BLOCK_D, USE_TMA)
         if HAS_QPOS:
@@ -213,16 +217,16 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                                     HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
         else:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
-                                 sqm, sdm, meta_b, smf,
-                                 key_start, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single,
+                                 sqm, sdm, meta_b, smf, srs,
+                                 key_start, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single, q_off,
                                  BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, TMA=USE_TMA, qd=qd, dod=dod)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
-                                 sqm, sdm, meta_b, smf,
-                                 key_start, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                                 sqm, sdm, meta_b, smf, srs,
+                                 key_start, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single, q_off,
                                  BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, TMA=USE_TMA, qd=qd, dod=dod)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
-                                 sqm, sdm, meta_b, smf,
-                                 key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single,
+                                 sqm, sdm, meta_b, smf, srs,
+                                 key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single, q_off,
                                  BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                                  not HAS_WINDOW, TMA=USE_TMA, qd=qd, dod=dod)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D

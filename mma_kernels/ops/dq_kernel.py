@@ -119,12 +119,13 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
 @triton.jit
 def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
-                      smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
+                      smb, smf, spb, swb, swf, srs, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,
                       LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
                       HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False):
-    """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*.
+    """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*; LSE2, LINV and
+    DELTA rows of a head lie `srs` apart (`triton_ops._row_stats`).
     HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
     TMA: K and V tiles through tensor descriptors (see `_dq_tile`)."""
     (pid_bh, b, h, hk, row_start, rows, row_ok, meta_b, pad_b, q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo,
@@ -141,11 +142,11 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                 mask=q_ok, other=0.0)
     do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + row_start.to(tl.int64) * sdm + ridx * sdm + offs_d[None, :],
                  mask=q_ok, other=0.0)
-    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=float("inf"))
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
+    lse2 = tl.load(LSE2 + pid_bh.to(tl.int64) * srs + rows, mask=row_valid, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * srs + rows, mask=row_valid, other=0.0)
     linv = tl.zeros([BLOCK_M], tl.float32)
     if SPLIT_STATS:
-        linv = tl.load(LINV + pid_bh.to(tl.int64) * Lq + rows, mask=row_valid, other=0.0)
+        linv = tl.load(LINV + pid_bh.to(tl.int64) * srs + rows, mask=row_valid, other=0.0)
         # a row that sees one key (l == 1) has ds = 0 exactly: say so rather than leave rounding noise
         linv = tl.where((linv == 1.0) & (zero_single != 0), 0.0, linv)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
@@ -167,7 +168,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
                             True, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
-        tl.store(DELTA + pid_bh.to(tl.int64) * Lq + rows, delta, mask=row_ok)  # for the dK/dV kernel
+        tl.store(DELTA + pid_bh.to(tl.int64) * srs + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,

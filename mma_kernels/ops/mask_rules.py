@@ -95,8 +95,10 @@ def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr):
     than a masked load where the loop pipeline stages it through shared memory): the rule excludes them by
     position (past every KV_HI and q). The look-ahead tiles load KMOD 31 there."""
     k_pos = start + offs_n
-    if AFTER:  # the look-ahead loop is not pipelined: a masked load costs less than clamped addresses
-        k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
+    if AFTER:  # the look-ahead loop is not pipelined: a masked load costs less than clamped addresses. Bound by
+        # the field stride (a multiple of 16 whenever it exceeds Lk, with padding's KMOD 31 past Lk: see
+        # `triton_ops._kernel_fields`), the load keeps 16-key vectors at any Lk
+        k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < smf, other=31)
         return offs_n, 1 << k_mod, k_mod != 31
     else:
         k_mod = tl.load(meta_b + 2 * smf + tl.minimum(k_pos, Lk - 1))
@@ -159,7 +161,8 @@ def _tile_key_fields(meta_b, smf, start, offs_n, Lk, HAS_GROUPS: tl.constexpr, H
     elif not (HAS_GROUPS or HAS_WINDOW):
         k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
     else:
-        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
+        # bounded by the field stride: past Lk the fields hold padding's (`triton_ops._kernel_fields`)
+        k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < smf, HAS_GROUPS)
         k_real = k_doc >= 0  # -1 past Lk too
     return k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real
 

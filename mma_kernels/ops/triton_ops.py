@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from ..mask import NUM_FIELDS
+from ..mask import NUM_FIELDS, pad_field_values
 from . import triton_kernels as tk
 from .torch_ops import check_no_double_backward
 
@@ -202,11 +202,33 @@ def _common(q, k, mask, win):
     return B, Hq, Hkv, Lq, Lk, D, meta
 
 
+def _kernel_fields(mask) -> torch.Tensor:
+    """`mask.meta` as the kernels read it: the field stride a multiple of 16, columns [Lk, stride) holding
+    padding's values (`mask.pad_field_values`). Field loads then keep their 16-element alignment at any Lk,
+    and the look-ahead tiles bound their KMOD load by the stride (`mask_rules._span_key_fields`): at Lk not a
+    multiple of 16 they pay no scalar loads. One O(L) copy, cached on the mask, only when Lk % 16 != 0."""
+    meta = mask.meta
+    B, F, Lk = meta.shape
+    if Lk % 16 == 0 and meta.stride(1) == Lk:
+        return meta
+    cached = mask.__dict__.get("_kernel_fields")
+    if cached is not None and cached.shape == meta.shape and cached.device == meta.device:
+        return cached
+    stride = -(-Lk // 16) * 16
+    pad = torch.tensor(pad_field_values(Lk)[:F], dtype=meta.dtype, device=meta.device)
+    out = pad.view(1, F, 1).repeat(B, 1, stride)
+    out[:, :, :Lk] = meta
+    out = out[:, :, :Lk]
+    mask.__dict__["_kernel_fields"] = out
+    return out
+
+
 def _mask_args(mask, win):
-    """Pointers and strides of the mask's fields; WIN is a dummy (never read) without a window."""
-    w = win if win is not None else mask.meta
-    return (mask.meta, mask.padcum, w), (mask.meta.stride(0), mask.meta.stride(1), mask.padcum.stride(0),
-                                         w.stride(0), w.stride(1))
+    """Pointers and strides of the mask's fields (`_kernel_fields`); WIN is a dummy (never read) without a
+    window."""
+    meta = _kernel_fields(mask)
+    w = win if win is not None else meta
+    return (meta, mask.padcum, w), (meta.stride(0), meta.stride(1), mask.padcum.stride(0), w.stride(0), w.stride(1))
 
 
 def _qpos_args(q_pos, mask, win, Lq: int, backward: bool = False) -> dict:
@@ -253,6 +275,23 @@ def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
     return o, lse, stats
 
 
+def _row_stats(lse2, linv, delta):
+    """The backward's per-row statistics [B, Hq, Lq] (fp32) as the kernels read them: one buffer each, rows of
+    a head `stride(1)` apart, a multiple of 16; past Lq up to that stride the rows hold a neutral value
+    (lse2 +inf so p = 0, linv and delta 0). The dK/dV kernel's plain loop bounds its loads by the stride, so
+    at Lq not a multiple of 16 they stay 16-row vectors. `linv` None (not read) shares lse2's buffer."""
+    B, Hq, Lq = delta.shape
+    stride = -(-Lq // 16) * 16
+    out = torch.zeros((2 if linv is None else 3, B, Hq, stride), dtype=torch.float32, device=delta.device)
+    out[0, ..., :Lq] = lse2
+    out[0, ..., Lq:] = float("inf")
+    out[1, ..., :Lq] = delta
+    if linv is not None:
+        out[2, ..., :Lq] = linv
+    rows = out[..., :Lq]
+    return rows[0], rows[0] if linv is None else rows[2], rows[1]
+
+
 def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=None, stats=None, q_pos=None):
     q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
@@ -268,9 +307,9 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     if stats is not None:  # fp32: row max (+inf on padding rows) and 1/sum
         lse2, linv = stats[0], stats[1]
     else:
-        lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse * LOG2E).contiguous()
-        linv = lse2  # not read
-    delta = delta.contiguous()
+        lse2 = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse * LOG2E)
+        linv = None  # not read
+    lse2, linv, delta = _row_stats(lse2, linv, delta)
     dq = torch.empty((B, Hq, Lq, D), dtype=q.dtype, device=q.device)
     group = Hq // Hkv
     split = _dkdv_split(meta["BLOCK_D"]) and group > 1
@@ -278,14 +317,15 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     dv = torch.empty((B, Hkv, Lk, D), dtype=v.dtype, device=v.device)
     mptrs, mstrides = _mask_args(mask, win)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), *mstrides)
+               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), *mstrides,
+               lse2.stride(1))
     bucket = int(math.log2(Lq))
     w = window or 0
     zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
     _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
                                Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta,
             TMA=_tma_level(mask, k, v))
-    args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single)
+    args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single, Lk - Lq)
     if not split:
         _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
                 **meta, SPLIT_GROUP=False, TMA=_tma_level(mask, q, do))
