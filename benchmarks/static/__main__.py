@@ -126,7 +126,8 @@ def markdown(records: List[Dict], header: Dict) -> str:
              f"{header['date']}. Command: `{header['command']}`.", "",
              f"Launch specialised as the runtime does it: B={launch['batch']}, Hq={launch['heads_q']}, "
              f"Hkv={launch['heads_kv']}, L={launch['seqlen']}. Loop columns: static instructions in one iteration "
-             "(one tile) of each loop, in code order; `/128x64`: the plain loop scaled to a 128x64 tile. "
+             "(one tile) of each loop, in code order (an unrolled loop: per tile, its body over the tiles it holds, "
+             "with its remainder loop folded in: `sass.merge_unrolled`); `/128x64`: the plain loop scaled to a 128x64 tile. "
              "`spill B`: bytes of local-memory stores/loads (STL/LDL) in the whole kernel; `spill instr`: the STL + LDL "
              "instructions in each loop's own body (code order, inner loops excluded) and outside every loop. "
              "`CTAs/SM`: resident blocks per SM from registers, shared memory and warps.", "",

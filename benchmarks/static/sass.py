@@ -216,6 +216,29 @@ def classify_loops(instrs: List[Instr], loops: List[Loop], mask_lines: Set[Tuple
     return out
 
 
+def merge_unrolled(loops: List[Dict]) -> List[Dict]:
+    """A plain tile loop unrolled k times (`tl.range(..., loop_unroll_factor=k)`) compiles to the unrolled loop
+    and, right after it, its remainder loop (one tile per iteration: 1/k of its MMA instructions). One record for
+    both: `instructions` per tile in the steady state (the unrolled body / k, to one decimal),
+    `tiles_per_iteration` k, `unrolled_instructions` and `remainder_instructions` as compiled. Other loops get
+    `tiles_per_iteration` 1."""
+    out: List[Dict] = []
+    i = 0
+    while i < len(loops):
+        a, b = loops[i], loops[i + 1] if i + 1 < len(loops) else None
+        mma_a = a["hgmma"] + a["hmma"]
+        mma_b = b["hgmma"] + b["hmma"] if b else 0
+        if b and a["kind"] == b["kind"] == "plain" and mma_b and mma_a % mma_b == 0 and mma_a // mma_b >= 2:
+            k = mma_a // mma_b
+            out.append(dict(a, instructions=round(a["instructions"] / k, 1), tiles_per_iteration=k,
+                            unrolled_instructions=a["instructions"], remainder_instructions=b["instructions"]))
+            i += 2
+        else:
+            out.append(dict(a, tiles_per_iteration=1))
+            i += 1
+    return out
+
+
 def occupancy(arch: int, regs: int, smem_bytes: int, num_warps: int) -> int:
     """Resident blocks per SM from registers, shared memory and warps (0: the block cannot launch)."""
     a = ARCH.get(arch, ARCH[90])
@@ -252,7 +275,7 @@ def analyse(cubin: bytes, arch: int, num_warps: int, smem_bytes: int, mask_lines
     res = resources(cubin)
     c = counts(instrs)
     found = find_loops(instrs, labels)
-    loops = classify_loops(instrs, found, mask_lines)
+    loops = merge_unrolled(classify_loops(instrs, found, mask_lines))
     # spill instructions outside every loop: run once per program
     outside = counts([i for i in instrs if not any(lp.start <= i.addr <= lp.end for lp in found)])
     return dict(regs=res["regs"], stack_bytes=res["stack"], spill_bytes=c["spill_store_bytes"] + c["spill_load_bytes"],

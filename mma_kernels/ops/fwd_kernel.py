@@ -4,7 +4,7 @@ look-ahead tiles. Scores are kept in base 2: ``qk_scale = scale * log2(e)``."""
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _head_slice, _mm, _row_tile
+from .tile_io import PLAIN_UNROLL, _cast, _head_slice, _mm, _row_tile
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -65,7 +65,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
                TMA: tl.constexpr = False, kd=None, vd=None):
-    for n in range(n_lo, n_hi):
+    for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else PLAIN_UNROLL):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,

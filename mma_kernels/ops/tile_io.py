@@ -3,6 +3,12 @@ workaround), rounding casts, and row-tile loads with or without a row mask."""
 import triton
 import triton.language as tl
 
+# The forward's plain (fully allowed) tile loop runs unrolled by two (`tl.range`'s
+# loop_unroll_factor): on sm_90 the unrolled body costs fewer instructions per tile than one tile per
+# iteration (benchmarks/results/static/unroll_sm90.md; dQ's does not: 311.5 vs 298). Masked loops visit one or two tiles per row block
+# and stay as they are.
+PLAIN_UNROLL = tl.constexpr(2)
+
 
 @triton.jit
 def _mm(a, b, acc, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
