@@ -141,3 +141,20 @@ def test_report_picks_newest_run_and_updates_readme(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("tail\n") and "old" not in text
     assert "| 4K | 1 | 2.00 |" in text and "3.00x" in text and "OOM" in text and "NVIDIA H100" in text
+
+
+def test_static_merge_unrolled_folds_the_remainder_loop():
+    """An unrolled plain loop (2x the HGMMA of the plain loop right after it) and its remainder: one record,
+    instructions per tile; masked loops and lone plain loops are left alone."""
+    from benchmarks.static.sass import merge_unrolled
+
+    def lp(kind, n, hgmma):
+        return dict(kind=kind, instructions=n, hgmma=hgmma, hmma=0)
+
+    loops = [lp("masked", 446, 12), lp("plain", 657, 24), lp("plain", 353, 12), lp("masked", 424, 12)]
+    got = merge_unrolled(loops)
+    assert [(r["kind"], r["instructions"], r["tiles_per_iteration"]) for r in got] == [
+        ("masked", 446, 1), ("plain", 328.5, 2), ("masked", 424, 1)]
+    assert got[1]["unrolled_instructions"] == 657 and got[1]["remainder_instructions"] == 353
+    same = [lp("masked", 10, 12), lp("masked", 20, 24), lp("plain", 30, 12)]
+    assert [r["instructions"] for r in merge_unrolled(same)] == [10, 20, 30]

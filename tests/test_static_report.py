@@ -127,11 +127,12 @@ def test_loop_structure_lines_up_with_the_tile_suite(report):
 
 # issue 19: K/V through TMA descriptors. Bounds are this round's results (benchmarks/results/static/tma_sm90.md,
 # the headline launch has no padding: TMA level 2): a change that loses the descriptors or grows the loops fails.
-# the headline counts of `benchmarks/results/static/sm90.md` (L = 16384); the report fixture compiles at
+# the headline counts of `benchmarks/results/static/sm90.md` (L = 16384; fwd: `unroll_sm90.md`, its plain loop
+# unrolled by two, counted per tile); the report fixture compiles at
 # L = ODD_L, so these bounds also say that a length not a multiple of 16 costs the tile loops nothing
 # (`triton_ops._kernel_fields`, `_row_stats`; before: look-ahead loops +29, dK/dV +10..+11:
 # benchmarks/results/static/odd_length_sm90.md)
-ISSUE19_BOUNDS = {"fwd": dict(regs=249, plain=351, masked=(448, 424, 597, 514, 570)),
+ISSUE19_BOUNDS = {"fwd": dict(regs=238, plain=328.5, masked=(446, 424, 594, 511, 575)),
                   "dq": dict(regs=255, plain=298, masked=(385, 368, 557, 479, 531)),
                   "dkdv": dict(regs=244, plain=273, masked=(469, 362))}
 
