@@ -5,7 +5,7 @@ import triton.language as tl
 
 # The forward's plain (fully allowed) tile loop runs unrolled by two (`tl.range`'s
 # loop_unroll_factor): on sm_90 the unrolled body costs fewer instructions per tile than one tile per
-# iteration (benchmarks/results/static/unroll_sm90.md; dQ's does not: 311.5 vs 298). Masked loops visit one or two tiles per row block
+# iteration (benchmarks/results/static/unroll_sm90_compare.md; dQ's, tried, did not). Masked loops visit one or two tiles per row block
 # and stay as they are.
 PLAIN_UNROLL = tl.constexpr(2)
 
