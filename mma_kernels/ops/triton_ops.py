@@ -279,8 +279,12 @@ def _row_stats(lse2, linv, delta):
     """The backward's per-row statistics [B, Hq, Lq] (fp32) as the kernels read them: one buffer each, rows of
     a head `stride(1)` apart, a multiple of 16; past Lq up to that stride the rows hold a neutral value
     (lse2 +inf so p = 0, linv and delta 0). The dK/dV kernel's plain loop bounds its loads by the stride, so
-    at Lq not a multiple of 16 they stay 16-row vectors. `linv` None (not read) shares lse2's buffer."""
+    at Lq not a multiple of 16 they stay 16-row vectors (copies are made only then). `linv` None (not read)
+    shares lse2's buffer."""
     B, Hq, Lq = delta.shape
+    if Lq % 16 == 0:  # already 16-multiple rows: no copy on the backward's path
+        lse2, delta = lse2.contiguous(), delta.contiguous()
+        return lse2, lse2 if linv is None else linv.contiguous(), delta
     stride = -(-Lq // 16) * 16
     out = torch.zeros((2 if linv is None else 3, B, Hq, stride), dtype=torch.float32, device=delta.device)
     out[0, ..., :Lq] = lse2
