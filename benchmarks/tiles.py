@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from mma_kernels.mask import DOC, GBITS, KMOD, KV_HI, KV_LO, LA_LO, MOD_NEXT, Q_HI, Q_LO, QBITS, SEG, MMAMask
+from mma_kernels.mask import DOC, GBITS, KMOD, KV_HI, KV_LO, LA_LO, MOD_NEXT, Q_HI, Q_LO, QBITS, SEG, NUM_FIELDS, MMAMask
 
 
 FLEX_SHAPE = (128, 64)  # the tile FlexAttention's BlockMask is built at (the forward's headline tile)
@@ -141,7 +141,7 @@ def diagonal_kinds(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Ten
     if mask.has_groups:
         bits = bits | _row_fields(mask, Lq, BM, GBITS, 0)
     no_look = (bits != 0).sum(-1) == 0
-    if mask.has_groups:
+    if mask.meta.shape[1] > NUM_FIELDS:  # the kernels' general rule: groups, or a policy that is not uniform
         no_look = torch.zeros_like(no_look)
     return torch.where(no_look, torch.where((pads == 0) & inside, 2, 1), 0)
 

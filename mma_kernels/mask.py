@@ -2,7 +2,8 @@
 
 The mask is never stored densely. From the ids (modality, segment, document, and optionally
 group), one vectorized pass on the ids' device builds O(L) int32 fields per batch row
-(`MMAMask.meta`, shape [B, NUM_FIELDS, Lk]; the two group fields only when groups are used):
+(`MMAMask.meta`, shape [B, NUM_FIELDS, Lk]; the two group fields only when groups are used, or, adding
+nothing, for a policy that is not uniform: see `policy.uniform_policy`):
 
 =========  ==================================================================
 field      meaning (absolute key positions 0..Lk-1; ``BIG = Lk``)
@@ -40,7 +41,7 @@ from typing import Optional
 
 import torch
 
-from .policy import PolicyLike, describe, normalize_policy, policy_bits
+from .policy import PolicyLike, describe, normalize_policy, policy_bits, uniform_policy
 from .validation import check_ids, check_window
 
 DOC, SEG, KMOD, QBITS, KV_LO, KV_HI, Q_LO, Q_HI, LA_LO, MOD_NEXT, GRP, GBITS = range(12)
@@ -223,8 +224,14 @@ class MMAMask:
             torch.where(valid, la_lo, big),
             _run_next(mod),
         ]
+        self._groups = has_grp
         if has_grp:  # groups that add nothing (no pair in group_policy) keep the plain kernels
             fields += [torch.where(valid, grp_run, -1), gbits]
+        elif has_seg and not uniform_policy(bits):
+            # the kernels' plain-MMA rule takes the policy's look-ahead bit from the block (`mask_rules`): exact
+            # only when every query modality that looks ahead looks at the same modalities. Other policies carry
+            # a group level that adds nothing (GRP -1, GBITS 0), which sends them to the general rule
+            fields += [torch.full_like(mod, -1), torch.zeros_like(mod)]
         self.meta = torch.stack(fields, dim=1).to(torch.int32).contiguous()
         self.padcum = torch.cat(
             [torch.zeros(B, 1, dtype=torch.long, device=dev), (~valid).long().cumsum(dim=1)], dim=1
@@ -238,7 +245,9 @@ class MMAMask:
     # ------------------------------------------------------------------ helpers
     @property
     def has_groups(self) -> bool:
-        return self.meta.shape[1] > NUM_FIELDS
+        """Whether the mask has a group level that adds a pair (a mask rebuilt from its fields: whether the fields
+        hold a group level, which a policy that is not uniform also carries, adding nothing)."""
+        return self.__dict__.get("_groups", self.meta.shape[1] > NUM_FIELDS)
 
     def __repr__(self) -> str:
         g = f", group_policy={describe(self.group_policy)}" if self.has_groups else ""

@@ -62,5 +62,12 @@ def policy_bits(policy: PolicyLike, name: str = "policy") -> torch.Tensor:
     return torch.tensor(bits, dtype=torch.int64)
 
 
+def uniform_policy(bits: torch.Tensor) -> bool:
+    """Whether every query modality that looks ahead looks at the same set of key modalities (`policy_bits`
+    rows all 0 or all one value): true of every preset. The Triton kernels' plain rule needs it."""
+    nonzero = {int(b) for b in bits.tolist() if b}
+    return len(nonzero) <= 1
+
+
 def describe(policy: PolicyLike) -> str:
     return policy if isinstance(policy, str) else f"pairs{sorted({tuple(p) for p in policy})}"

@@ -206,3 +206,20 @@ def test_mask_reused_across_calls_and_heads():
         out = mma_attention(q, q, q, mask, backend="torch")
         ref = mma_attention_reference(q.double(), q.double(), q.double(), mask)
         assert torch.allclose(out.double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy, uniform", [("mma", True), ("prefix", True), ("bidirectional_image", True),
+                                             ("causal", True), ({(1, 0), (2, 0)}, True),
+                                             ({(1, 0), (2, 1), (2, 0)}, False), ({(1, 0), (2, 1)}, False)])
+def test_non_uniform_policies_carry_an_inert_group_level(policy, uniform):
+    """The kernels' plain-MMA rule reads the look-ahead bit per block, exact only for a uniform policy (every
+    query modality that looks ahead looks at the same modalities). Another policy's mask carries a group level
+    that adds nothing (GRP -1, GBITS 0), so the kernels take their general rule; the mask itself is unchanged."""
+    mod = torch.tensor([[0, 2, 2, 1, 1, 0, 0, 0, -1]])
+    seg = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 2, 2]])
+    mask = MMAMask(mod, seg, policy=policy)
+    looks = policy not in ("causal",)
+    assert not mask.has_groups
+    assert mask.meta.shape[1] == NUM_FIELDS + (0 if uniform or not looks else 2)
+    assert torch.equal(mask.to_dense(), rule_dense(mod, seg, None, policy))
+    assert "group_policy" not in repr(mask)

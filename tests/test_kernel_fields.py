@@ -1,8 +1,10 @@
-"""The buffers the Triton kernels read at any length: the mask fields with a 16-multiple stride
-(`triton_ops._kernel_fields`) and the backward's row statistics likewise (`triton_ops._row_stats`).
+"""The buffers the Triton kernels read at any length: the mask fields with a stride that is a multiple of
+`triton_ops.FIELD_ALIGN` (128, and of every key block) (`triton_ops._kernel_fields`) and the backward's row
+statistics with a 16-multiple stride (`triton_ops._row_stats`).
 
 At L not a multiple of 16 the kernels bound their field and statistics loads by those strides, so the loads
-keep 16-element vectors (`benchmarks/results/static/odd_length_sm90.md`). That is exact only if what lies
+keep 16-element vectors (`benchmarks/results/static/odd_length_sm90.md`); the look-ahead tiles load their
+keys' KMOD with no bound at all (every visited tile lies inside the stride). That is exact only if what lies
 between L and the stride is inert: padding's fields, lse +inf, delta and 1/l 0. These tests pin those values
 and run the kernels at odd lengths on tensors whose rows past L hold NaN: nothing past L may be read.
 """
@@ -27,7 +29,7 @@ def _question_last(B, L, pad=0):
     return mod, seg, torch.zeros_like(mod)
 
 
-@pytest.mark.parametrize("L, groups", [(97, False), (112, False), (45, True)])
+@pytest.mark.parametrize("L, groups", [(97, False), (112, False), (256, False), (45, True)])
 def test_kernel_fields_stride_and_tail(L, groups):
     mod, seg, doc = _question_last(2, L, pad=5)
     kw = dict(group_ids=seg.clone(), group_policy="bidirectional_image") if groups else {}
@@ -35,11 +37,14 @@ def test_kernel_fields_stride_and_tail(L, groups):
     F = mask.meta.shape[1]
     assert F == (NUM_FIELDS + 2 if groups else NUM_FIELDS)
     got = triton_ops._kernel_fields(mask)
-    if L % 16 == 0:
+    align = triton_ops.FIELD_ALIGN
+    assert align % 128 == 0 and all(n <= align and align % n == 0 for _, n, _, _ in
+                                    sum(triton_ops._CONFIGS.values(), []))  # key blocks (dK/dV: BLOCK_N)
+    if L % align == 0:
         assert got is mask.meta
         return
     stride = got.stride(1)
-    assert stride % 16 == 0 and L < stride < L + 16 and got.stride(0) == F * stride and got.stride(2) == 1
+    assert stride % align == 0 and L < stride < L + align and got.stride(0) == F * stride and got.stride(2) == 1
     assert torch.equal(got, mask.meta)
     tail = torch.as_strided(got, (2, F, stride), (F * stride, stride, 1))[:, :, L:]
     assert torch.equal(tail, torch.tensor(pad_field_values(L)[:F], dtype=torch.int32).view(1, F, 1).expand_as(tail))

@@ -14,6 +14,8 @@ from benchmarks.layouts import LAYOUTS as BENCH_LAYOUTS
 from benchmarks.layouts import make_layout as bench_layout
 from helpers import random_layout
 from mma_kernels import MMAMask
+from mma_kernels.mask import NUM_FIELDS
+from mma_kernels.ops import triton_ops
 from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_causal, _allowed_span, _diagonal_kind,
                                             _key_block_ranges, _load_query_fields,
                                             _look_bits, _lookahead_split, _next_look_block, _span_key_fields,
@@ -22,7 +24,8 @@ from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_causal, _a
 
 @triton.jit
 def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N: tl.constexpr,
-                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True, CAUSAL: tl.constexpr = False):
+                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True, CAUSAL: tl.constexpr = False,
+                look=0):
     """RULE[b, rows, keys of block n] = the masked loop's own rule, as the kernels call it (relative positions)."""
     start = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
@@ -31,7 +34,7 @@ def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n,
     elif CAUSAL:
         ok = _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
     else:
-        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
+        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER, look)
         ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
                            q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
     tl.store(RULE + (b * Lq + rows[:, None]) * (NKB * BLOCK_N) + start + offs_n[None, :], ok.to(tl.int8),
@@ -77,7 +80,8 @@ def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M:
     while n < n_hi:
         tl.store(out + n, tl.load(out + n) + 1)
         if not HAS_GROUPS:
-            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, True)
+            _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N, False, True,
+                        look=bits)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
 
 
@@ -86,8 +90,10 @@ def visits(mask, Lq, BM, BN):
     nqb, nkb = triton.cdiv(Lq, BM), triton.cdiv(Lk, BN)
     out = torch.zeros(B, nqb, nkb, dtype=torch.int32)
     rule = torch.full((B, Lq, nkb * BN), 2, dtype=torch.int8)
-    _visits_kernel[(nqb, B)](mask.meta, mask.padcum, out, rule, mask.meta.stride(0), mask.meta.stride(1),
-                             mask.padcum.stride(0), Lq, Lk, nkb, BLOCK_M=BM, BLOCK_N=BN, HAS_GROUPS=mask.has_groups)
+    meta = triton_ops._kernel_fields(mask)  # as the kernels read the fields (the look-ahead load has no bound)
+    _visits_kernel[(nqb, B)](meta, mask.padcum, out, rule, meta.stride(0), meta.stride(1),
+                             mask.padcum.stride(0), Lq, Lk, nkb, BLOCK_M=BM, BLOCK_N=BN,
+                             HAS_GROUPS=meta.shape[1] > NUM_FIELDS)
     return out, rule[:, :, :Lk]
 
 

@@ -15,7 +15,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
-              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None):
+              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None, look=0):
     """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
     look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing);
     plain MMA evaluates `_allowed_span`, groups or a window `_allowed`. TMA (`triton_ops._tma_level`): K and V
@@ -26,7 +26,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     offs_n = tl.arange(0, BLOCK_N)
     if MASKED:
         k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
-            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD)
+            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD, look)
         # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
         # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
         k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, start + offs_n < Lk,
@@ -86,7 +86,7 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True,
-                                  TMA=TMA, kd=kd, vd=vd)
+                                  TMA=TMA, kd=kd, vd=vd, look=bits)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 

@@ -47,11 +47,14 @@ def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.cons
     (segments are contiguous runs, padding aside, inside one document), where the policy bit decides; keys
     past KV_HI are outside q's segment or of a modality it does not look at. One unsigned range compare.
     AFTER (every key after every row: the look-ahead tiles) drops the lower bound, which any key past q
-    meets, and needs only ``QBITS & k_bit`` and ``k <= KV_HI``. LOOK=False (no row of the tile looks ahead:
-    QBITS 0) leaves causal attention inside the document: ``KV_LO <= k_eff <= q``.
+    meets, and the bit test too: `_span_key_fields` folds it into the key, k_eff = its position if the key's
+    modality is one the block's look-ahead rows look at, else BIG, so one compare ``k_eff <= KV_HI`` decides
+    (exact because the policy is uniform, see `MMAMask`: every row that looks ahead at all looks at the same
+    modalities, and a row that does not has KV_HI = q, before every key of the tile). LOOK=False (no row of
+    the tile looks ahead: QBITS 0) leaves causal attention inside the document: ``KV_LO <= k_eff <= q``.
     """
     if AFTER:
-        return ((q_bits & k_bit) != 0) & (k_pos <= q_hi)
+        return k_eff <= q_hi
     else:
         t = (k_eff - q_lo).to(tl.uint32, bitcast=True)
         if LOOK:
@@ -80,26 +83,32 @@ def _allowed_doc_span(q_pos, q_doc, q_hi, q_bits, k_pos, k_doc, k_bit):
 @triton.jit
 def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
     """Position, KV_LO and KV_HI of the rows as `_allowed_span` takes them: padding rows and rows past Lq
-    (DOC < 0) get all three = Lk (KV_LO is Lk there already; their QBITS are 0)."""
+    (DOC < 0) get position = KV_LO = Lk (KV_LO is Lk there already; their QBITS are 0, so the diagonal rule
+    never reads their KV_HI) and KV_HI = -1, below every key of a look-ahead tile."""
     q_lo = tl.load(meta_b + 4 * smf + q_pos, mask=row_ok, other=Lk)
-    q_hi = tl.load(meta_b + 5 * smf + q_pos, mask=row_ok, other=Lk)
+    q_hi = tl.load(meta_b + 5 * smf + q_pos, mask=row_ok, other=-1)
     real = q_doc >= 0
-    return tl.where(real, q_pos, Lk), q_lo, tl.where(real, q_hi, Lk)
+    return tl.where(real, q_pos, Lk), q_lo, tl.where(real, q_hi, -1)
+
+
+BIG = tl.constexpr(1 << 30)  # a relative key position past every row's KV_HI
 
 
 @triton.jit
-def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr):
-    """From KMOD alone (PAD_MOD = 31 for padding), relative to `start`: k_eff (`offs_n`; -1 - start, below every
-    KV_LO, for padding), k_bit (1 << KMOD: bit 31, in no QBITS, for padding) and whether the key is a real one
-    (not padding, before Lk: the V mask). The diagonal tiles read key Lk - 1's KMOD for keys past Lk (cheaper
-    than a masked load where the loop pipeline stages it through shared memory): the rule excludes them by
-    position (past every KV_HI and q). The look-ahead tiles load KMOD 31 there."""
+def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr, look=0):
+    """From KMOD alone (PAD_MOD = 31 for padding), relative to `start`: k_eff, k_bit and whether the key is a
+    real one (not padding, before Lk: the V mask). Diagonal tiles: k_eff `offs_n` (-1 - start, below every
+    KV_LO, for padding) and k_bit 1 << KMOD (bit 31, in no QBITS, for padding); they read key Lk - 1's KMOD for
+    keys past Lk (cheaper than a masked load where the loop pipeline stages it through shared memory): the
+    rule excludes them by position (past every KV_HI and q). Look-ahead tiles (AFTER): k_eff `offs_n` if
+    `look` (the modalities the block's rows look ahead at, `_look_bits`) holds KMOD, else BIG (padding too:
+    bit 31 is in no policy), k_bit unused; their load needs no bound: every visited tile lies inside the field
+    stride, whose tail past Lk holds padding's KMOD (`triton_ops._kernel_fields`)."""
     k_pos = start + offs_n
-    if AFTER:  # the look-ahead loop is not pipelined: a masked load costs less than clamped addresses. Bound by
-        # the field stride (a multiple of 16 whenever it exceeds Lk, with padding's KMOD 31 past Lk: see
-        # `triton_ops._kernel_fields`), the load keeps 16-key vectors at any Lk
-        k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < smf, other=31)
-        return offs_n, 1 << k_mod, k_mod != 31
+    if AFTER:  # the look-ahead loop is not pipelined: one unmasked load per key pair, the look-ahead bit folded in
+        k_mod = tl.load(meta_b + 2 * smf + k_pos)
+        k_eff = tl.where(((look >> k_mod) & 1) != 0, offs_n, offs_n + BIG)
+        return k_eff, k_eff, k_mod != 31
     else:
         k_mod = tl.load(meta_b + 2 * smf + tl.minimum(k_pos, Lk - 1))
         return tl.where(k_mod != 31, offs_n, -1 - start), 1 << k_mod, (k_mod != 31) & (k_pos < Lk)
@@ -148,9 +157,10 @@ def _look_bits(q_bits, q_gbits, HAS_GROUPS: tl.constexpr):
 
 @triton.jit
 def _tile_key_fields(meta_b, smf, start, offs_n, Lk, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                     BEFORE: tl.constexpr, AFTER: tl.constexpr, NOPAD: tl.constexpr):
+                     BEFORE: tl.constexpr, AFTER: tl.constexpr, NOPAD: tl.constexpr, look=0):
     """The key fields a masked query-side tile's rule reads (`_tile_allowed`; fields it does not read hold a
-    placeholder), and which keys are real (not padding, before Lk)."""
+    placeholder), and which keys are real (not padding, before Lk). `look`: `_look_bits` of the block (read by
+    the look-ahead tiles of plain MMA)."""
     k_pos = start + offs_n
     k_doc, k_seg, k_mod, k_grp, k_eff, k_bit = k_pos, k_pos, k_pos, k_pos, k_pos, k_pos  # placeholders
     if BEFORE:  # inside [0, Lk): no key bound
@@ -159,7 +169,7 @@ def _tile_key_fields(meta_b, smf, start, offs_n, Lk, HAS_GROUPS: tl.constexpr, H
     elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): no key field, no load mask
         k_real = k_pos < Lk  # unused
     elif not (HAS_GROUPS or HAS_WINDOW):
-        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER)
+        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER, look)
     else:
         # bounded by the field stride: past Lk the fields hold padding's (`triton_ops._kernel_fields`)
         k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < smf, HAS_GROUPS)

@@ -202,19 +202,23 @@ def _common(q, k, mask, win):
     return B, Hq, Hkv, Lq, Lk, D, meta
 
 
+FIELD_ALIGN = 128  # the kernels' field stride is a multiple of this, and of every key block (BLOCK_N <= 128)
+
+
 def _kernel_fields(mask) -> torch.Tensor:
-    """`mask.meta` as the kernels read it: the field stride a multiple of 16, columns [Lk, stride) holding
-    padding's values (`mask.pad_field_values`). Field loads then keep their 16-element alignment at any Lk,
-    and the look-ahead tiles bound their KMOD load by the stride (`mask_rules._span_key_fields`): at Lk not a
-    multiple of 16 they pay no scalar loads. One O(L) copy, cached on the mask, only when Lk % 16 != 0."""
+    """`mask.meta` as the kernels read it: the field stride a multiple of FIELD_ALIGN, columns [Lk, stride)
+    holding padding's values (`mask.pad_field_values`). Every key tile a kernel visits then lies inside the
+    stride, so key-field loads need no bound at all (past Lk they read padding: KMOD 31, DOC -1), and field
+    loads keep their 16-element alignment at any Lk. One O(L) copy, cached on the mask, only when Lk is not a
+    multiple of FIELD_ALIGN."""
     meta = mask.meta
     B, F, Lk = meta.shape
-    if Lk % 16 == 0 and meta.stride(1) == Lk:
+    if Lk % FIELD_ALIGN == 0 and meta.stride(1) == Lk:
         return meta
     cached = mask.__dict__.get("_kernel_fields")
     if cached is not None and cached.shape == meta.shape and cached.device == meta.device:
         return cached
-    stride = -(-Lk // 16) * 16
+    stride = -(-Lk // FIELD_ALIGN) * FIELD_ALIGN
     pad = torch.tensor(pad_field_values(Lk)[:F], dtype=meta.dtype, device=meta.device)
     out = pad.view(1, F, 1).repeat(B, 1, stride)
     out[:, :, :Lk] = meta
