@@ -125,9 +125,10 @@ def look_tiles(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
 
 
 def diagonal_kinds(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Tensor:
-    """`_diagonal_kind` for every query row block, int64 [B, nqb]: which rule the diagonal tiles [f_hi, c_hi)
-    run with: 0 the general one (look-ahead bits, or groups), 1 the causal form of `_allowed_span`, 2 plain
-    causal (no padding among those keys, every row's document starting at or before them)."""
+    """`_diagonal_kind` for every query row block, int64 [B, nqb]: which form of the rule the diagonal tiles
+    [f_hi, c_hi) run with. Keys inside [0, Lk) with no padding among them: 3 no row looks ahead and every row's
+    document starts at or before the tiles (inside), 2 no row looks ahead, 1 inside with look-ahead; 0 any
+    other (or the kernels' general rule: groups, a policy that is not uniform)."""
     _, _, f_hi, c_hi, _, _ = split
     Lk = mask.seq_len
     padcum = mask.padcum.long()
@@ -136,14 +137,14 @@ def diagonal_kinds(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> torch.Ten
     pads = padcum.gather(1, b) - padcum.gather(1, a)
     doc = _row_fields(mask, Lq, BM, DOC, -2)
     lo = torch.where(doc >= 0, _row_fields(mask, Lq, BM, KV_LO, Lk), 0).amax(-1)
-    inside = (lo <= f_hi * BN) & (c_hi * BN <= Lk)
+    inside = lo <= f_hi * BN
+    nopad = (pads == 0) & (c_hi * BN <= Lk)
     bits = _row_fields(mask, Lq, BM, QBITS, 0)
-    if mask.has_groups:
-        bits = bits | _row_fields(mask, Lq, BM, GBITS, 0)
     no_look = (bits != 0).sum(-1) == 0
+    kind = torch.where(nopad, torch.where(no_look, torch.where(inside, 3, 2), torch.where(inside, 1, 0)), 0)
     if mask.meta.shape[1] > NUM_FIELDS:  # the kernels' general rule: groups, or a policy that is not uniform
-        no_look = torch.zeros_like(no_look)
-    return torch.where(no_look, torch.where((pads == 0) & inside, 2, 1), 0)
+        kind = torch.zeros_like(kind)
+    return kind
 
 
 def key_side_ranges(mask: MMAMask, Lq: int, BM: int, BN: int) -> Tuple[torch.Tensor, ...]:
@@ -185,8 +186,11 @@ def loop_counts(lo, f_lo, f_hi, hi, look=None) -> Tuple[List[int], int]:
     return masked, n(f_lo, f_hi)
 
 
-# the forward's and dQ's masked loops in code order (the order `python -m benchmarks.static` finds them)
-QUERY_LOOPS = ("before", "causal diagonal", "diagonal", "span-causal diagonal", "look-ahead")
+# the masked loops by the rule form each evaluates (the `# rule:` marks of `mma_kernels/ops/mask_rules.py`, by which
+# `python -m benchmarks.static` names the loops it finds): the forward's and dQ's (the diagonal tiles by
+# `diagonal_kinds` 3, 2, 1, 0) and the dK/dV kernel's (rows [m_lo, f_lo), then [f_hi, m_hi))
+QUERY_LOOPS = ("before", "causal", "span-causal", "look", "span", "look-ahead")
+KEY_LOOPS = ("doc-span", "before")
 
 
 def query_loop_counts(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> Tuple[List[int], int]:
@@ -196,7 +200,7 @@ def query_loop_counts(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> Tuple[
     (before, diag, look), plain = loop_counts(n_lo, f_lo, f_hi, c_hi, look_tiles(mask, Lq, BM, BN, split))
     kind = diagonal_kinds(mask, Lq, BM, BN, split)
     per = (c_hi - f_hi).clamp(min=0)
-    by = [int(per[kind == k].sum()) for k in (2, 0, 1)]
+    by = [int(per[kind == k].sum()) for k in (3, 2, 1, 0)]
     assert sum(by) == diag
     return [before] + by + [look], plain
 
@@ -314,7 +318,8 @@ def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
             masked = sum(loops)
             mn = minimum[(BM, BN)]
             rec = dict(layout=layout.name, seqlen=seqlen, batch=B, kernel=kind, block_m=BM, block_n=BN,
-                       visited=masked + plain, plain=plain, masked=masked, masked_loops=loops, minimum=mn,
+                       visited=masked + plain, plain=plain, masked=masked, masked_loops=loops,
+                       loop_rules=list(KEY_LOOPS if kind == "dkdv" else QUERY_LOOPS), minimum=mn,
                        excess_pct=round(100 * (masked + plain - mn) / mn, 2) if mn else None,
                        total_tiles=B * _cdiv(seqlen, BM) * _cdiv(seqlen, BN))
             if (BM, BN) in flexed:

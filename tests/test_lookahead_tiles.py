@@ -16,27 +16,23 @@ from helpers import random_layout
 from mma_kernels import MMAMask
 from mma_kernels.mask import NUM_FIELDS
 from mma_kernels.ops import triton_ops
-from mma_kernels.ops.triton_kernels import (_allowed_before, _allowed_causal, _allowed_span, _diagonal_kind,
-                                            _key_block_ranges, _load_query_fields,
-                                            _look_bits, _lookahead_split, _next_look_block, _span_key_fields,
-                                            _span_query_bounds)
+from mma_kernels.ops.triton_kernels import (_diagonal_kind, _key_block_ranges, _load_query_fields, _look_bits,
+                                            _lookahead_split, _next_look_block, _span_query_bounds, _tile_allowed,
+                                            _tile_key_fields)
 
 
 @triton.jit
 def _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N: tl.constexpr,
-                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True, CAUSAL: tl.constexpr = False,
-                look=0):
-    """RULE[b, rows, keys of block n] = the masked loop's own rule, as the kernels call it (relative positions)."""
+                BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
+                INSIDE: tl.constexpr = False, look=0):
+    """RULE[b, rows, keys of block n] = the masked loop's own rule, as the kernels call it (`_tile_key_fields`,
+    `_tile_allowed`, plain MMA: no groups, no window)."""
     start = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
-    if BEFORE:
-        ok = _allowed_before(tl.load(meta_b + start + offs_n)[None, :], q_doc[:, None])
-    elif CAUSAL:
-        ok = _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
-    else:
-        k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER, look)
-        ok = _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
-                           q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
+    k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
+        meta_b, smf, start, offs_n, Lk, False, False, BEFORE, AFTER, NOPAD, look, LOOK)
+    ok = _tile_allowed(q_pos, q_doc, q_bits, q_bits, q_bits, q_bits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
+                       k_mod, k_grp, k_eff, k_bit, 0, False, False, BEFORE, AFTER, LOOK, NOPAD, INSIDE)
     tl.store(RULE + (b * Lq + rows[:, None]) * (NKB * BLOCK_N) + start + offs_n[None, :], ok.to(tl.int8),
              mask=(rows < Lq)[:, None])
 
@@ -63,16 +59,19 @@ def _visits_kernel(META, PADCUM, OUT, RULE, smb, smf, spb, Lq, Lk, NKB, BLOCK_M:
     for n in range(f_lo, f_hi):
         tl.store(out + n, tl.load(out + n) + 2)
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
-    diag = _diagonal_kind(PADCUM + b * spb, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, False)
+    diag = _diagonal_kind(PADCUM + b * spb, q_doc, q_lo, bits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, False)
     for n in range(f_hi, c_hi):
         tl.store(out + n, tl.load(out + n) + 1)
-        if not HAS_GROUPS:  # as the kernels: by `_diagonal_kind`
-            if diag == 2:
+        if not HAS_GROUPS:  # as the kernels (`_fwd_row_block`): by `_diagonal_kind`
+            if diag == 3:
                 _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
-                            False, False, False, True)
+                            False, False, LOOK=False, NOPAD=True, INSIDE=True)
+            elif diag == 2:
+                _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
+                            False, False, LOOK=False, NOPAD=True)
             elif diag == 1:
                 _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
-                            False, False, False)
+                            False, False, NOPAD=True, INSIDE=True, look=bits)
             else:
                 _store_rule(RULE, meta_b, smf, b, rows, q_doc, q_pos, q_lo, q_hi, q_bits, n, Lq, Lk, NKB, BLOCK_N,
                             False, False)

@@ -13,8 +13,8 @@ from benchmarks.layouts import LAYOUTS as BENCH_LAYOUTS
 from benchmarks.layouts import make_layout as bench_layout
 from helpers import random_layout
 from mma_kernels import MMAMask
-from mma_kernels.ops.triton_kernels import (_diagonal_kind, _key_block_ranges, _load_query_fields, _lookahead_split,
-                                            _query_block_ranges)
+from mma_kernels.ops.triton_kernels import (_diagonal_kind, _key_block_ranges, _load_query_fields, _look_bits,
+                                            _lookahead_split, _query_block_ranges)
 
 
 @triton.jit
@@ -98,28 +98,31 @@ def test_minimum_equals_flex_block_mask():
 
 
 def test_loop_counts_split_the_masked_tiles_per_loop_and_feed_the_cost_model():
-    """Each record's masked tiles are split per masked loop in the kernels' code order (fwd/dQ: before the
-    diagonal, diagonal, look-ahead; dK/dV: below, above); the cost model weighs each loop by its count."""
+    """Each record's masked tiles are split per masked loop, named by the rule form it evaluates (fwd/dQ:
+    `tiles.QUERY_LOOPS`; dK/dV: `tiles.KEY_LOOPS`); the cost model weighs each loop by its count, matching the
+    static report's loops by name whatever their order."""
     from benchmarks.static.cost import cost_row
 
     lay = bench_layout("aki", 1, 2048, seed=2)
     recs, _ = tiles.count_case(lay, 2048)
     assert {r["kernel"] for r in recs} == {"fwd", "dq", "dkdv"}
     for r in recs:
-        assert len(r["masked_loops"]) == (2 if r["kernel"] == "dkdv" else len(tiles.QUERY_LOOPS))
+        names = tiles.KEY_LOOPS if r["kernel"] == "dkdv" else tiles.QUERY_LOOPS
+        assert r["loop_rules"] == list(names) and len(r["masked_loops"]) == len(names)
         assert sum(r["masked_loops"]) == r["masked"] and r["visited"] == r["masked"] + r["plain"]
         assert r["masked_loops"][0] > 0 and r["masked_loops"][-1] > 0 and r["plain"] > 0
     fwd = next(r for r in recs if r["kernel"] == "fwd")
-    assert fwd["masked_loops"][1] > 0 and fwd["masked_loops"][2] > 0  # causal and look-ahead diagonals both run
-    cost = (500, 400, 700, 600, 900)
-    static = dict(num_warps=8, num_stages=3, loops=[dict(kind="masked", instructions=cost[0]),
-                                                    dict(kind="plain", instructions=100)]
-                  + [dict(kind="masked", instructions=c) for c in cost[1:]])
+    counts = dict(zip(fwd["loop_rules"], fwd["masked_loops"]))
+    assert counts["causal"] > 0 and counts["look"] > 0  # text rows' and image rows' diagonals both run
+    cost = dict(zip(tiles.QUERY_LOOPS, (500, 400, 450, 700, 600, 900)))
+    order = ("look-ahead", "span", "before", "causal", "look", "span-causal")  # as ptxas may lay them out
+    static = dict(num_warps=8, num_stages=3, loops=[dict(kind="masked", rule=n, instructions=cost[n]) for n in order]
+                  + [dict(kind="plain", rule="", instructions=100)])
     row = cost_row(fwd, static)
-    want = 100 * fwd["plain"] + sum(c * i for c, i in zip(fwd["masked_loops"], cost))
+    want = 100 * fwd["plain"] + sum(cost[n] * c for n, c in counts.items())
     assert row["instructions"] == want
     assert row["over_all_plain"] == round(want / (100 * fwd["visited"]), 3)
-    static["loops"] = static["loops"][:2]  # a loop structure that does not line up is not joined
+    static["loops"] = static["loops"][1:]  # a loop structure that does not line up is not joined
     assert cost_row(fwd, static) is None
 
 
@@ -135,7 +138,8 @@ def _diag(META, PADCUM, OUT, smb, smf, spb, Lq, Lk, NQB, BLOCK_M: tl.constexpr, 
     q_lo = tl.load(meta_b + 4 * smf + rows + Lk - Lq, mask=ok, other=Lk)
     n_lo, f_lo, f_hi, n_hi = _key_block_ranges(meta_b, smf, pad_b, i * BLOCK_M, Lq, Lk, BLOCK_M, BLOCK_N)
     f_lo, f_hi, c_hi, a_lo = _lookahead_split(meta_b, smf, i * BLOCK_M, Lq, Lk, n_lo, f_lo, f_hi, n_hi, BLOCK_M, BLOCK_N)
-    tl.store(OUT + b * NQB + i, _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, False, False))
+    look = _look_bits(q_bits, q_gbits, False)
+    tl.store(OUT + b * NQB + i, _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N, False, False))
 
 
 @pytest.mark.parametrize("seed", range(4))

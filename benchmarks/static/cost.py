@@ -39,7 +39,15 @@ def cost_row(tile: Dict, static: Dict) -> Optional[Dict]:
     fp32 dQ, which runs its tile loops twice)."""
     plain, masked = _loops(static, "plain"), _loops(static, "masked")
     counts = tile.get("masked_loops")
-    if len(plain) != 1 or counts is None or len(masked) != len(counts):
+    if len(plain) != 1 or counts is None:
+        return None
+    by_rule = {lp.get("rule"): lp["instructions"] for lp in static.get("loops", []) if lp["kind"] == "masked"}
+    if tile.get("loop_rules") and len(by_rule) == len(masked) and all(by_rule):
+        # matched by name (the rule form each loop evaluates: `sass.rule_lines`), whatever ptxas's layout order
+        if set(tile["loop_rules"]) != set(by_rule):
+            return None
+        masked = [by_rule[r] for r in tile["loop_rules"]]
+    elif len(masked) != len(counts):  # records without names: the kernels' code order
         return None
     per_loop = [m * c for m, c in zip(masked, counts)]
     total = plain[0] * tile["plain"] + sum(per_loop)

@@ -172,11 +172,17 @@ def _code_end(instrs: List[Instr]) -> Optional[int]:
 def find_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Loop]:
     """Back edges inside the kernel's own code. ptxas places the retry of an mbarrier wait (TMA loads:
     ``SYNCS...TRYWAIT``, then ``@!P BRA`` out) in blocks after the last EXIT; their branch back to the
-    instruction after the wait is a return, not a loop, and is left out."""
+    instruction after the wait is a return, not a loop, and is left out. So is a waterfall: ptxas moves a value
+    it cannot prove warp-uniform into a uniform register (``R2UR``, an mbarrier address for ``SYNCS``) in a
+    loop that runs once per distinct value among the lanes, its back edge ``@P BRA.U.ANY``; the value is the
+    same on every lane (one shared-memory buffer per program), so it runs once and counts once, in the code
+    that holds it."""
     loops = []
     end = _code_end(instrs)
     for ins in instrs:
         if ins.base not in ("BRA", "JMP", "BRX") or (end is not None and ins.addr > end):
+            continue
+        if "BRA.U.ANY" in ins.text:  # a waterfall (see the docstring): part of the code around it
             continue
         m = TARGET.search(ins.text)
         # a branch to itself is the trap after EXIT, not a loop
@@ -194,9 +200,26 @@ def find_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Loop]:
     return merged
 
 
-def classify_loops(instrs: List[Instr], loops: List[Loop], mask_lines: Set[Tuple[str, int]]) -> List[Dict]:
+def rule_lines(module=None) -> Dict[Tuple[str, int], str]:
+    """(file name, line) -> rule name of every line of `module` (default `mma_kernels.ops.mask_rules`) marked
+    ``# rule: NAME``: the compare of one form of the mask rule. A masked loop is named by the marks its
+    instructions come from (`classify_loops`), whatever order ptxas lays the loops out in."""
+    import inspect
+
+    if module is None:
+        from mma_kernels.ops import mask_rules as module
+    path = inspect.getsourcefile(module)
+    with open(path) as f:
+        src = f.read().splitlines()
+    mark = re.compile(r"#\s*rule:\s*([a-z][a-z-]*)")
+    return {(os.path.basename(path), i + 1): m.group(1) for i, line in enumerate(src) if (m := mark.search(line))}
+
+
+def classify_loops(instrs: List[Instr], loops: List[Loop], mask_lines: Set[Tuple[str, int]],
+                   rules: Optional[Dict[Tuple[str, int], str]] = None) -> List[Dict]:
     """One record per loop: kind, static instruction count of one iteration, MMA / async-copy / spill counts.
 
+    `rule`: the names (`rule_lines`) of the rule forms a masked loop evaluates, joined by "+" ("" if none).
     Spills are counted in the loop's own body (inner loops excluded): `spill_stores` / `spill_loads` are the
     STL / LDL instructions there, `spill_bytes` their bytes. One in a tile loop costs per tile, one in a loop
     holding the tile loops (the dK/dV kernel's GQA group loop) per iteration of that loop."""
@@ -209,7 +232,8 @@ def classify_loops(instrs: List[Instr], loops: List[Loop], mask_lines: Set[Tuple
         mma = c["hgmma"] + c["hmma"]
         masked = any(i.lines & mask_lines for i in body)
         kind = "other" if inner or not mma else ("masked" if masked else "plain")
-        out.append(dict(kind=kind, instructions=len(body), start=f"0x{lp.start:04x}", end=f"0x{lp.end:04x}",
+        names = sorted({rules[ln] for i in body for ln in i.lines if ln in rules}) if rules and kind == "masked" else []
+        out.append(dict(kind=kind, rule="+".join(names), instructions=len(body), start=f"0x{lp.start:04x}", end=f"0x{lp.end:04x}",
                         hgmma=c["hgmma"], hmma=c["hmma"], async_copy=c["async_copy"], tma=c["tma"], ldg=c["ldg"],
                         spill_bytes=c["spill_store_bytes"] + c["spill_load_bytes"], spill_stores=c["spill_stores"],
                         spill_loads=c["spill_loads"], holds_loops=len(inner)))
@@ -268,14 +292,16 @@ def function_lines(*fns) -> Set[Tuple[str, int]]:
     return out
 
 
-def analyse(cubin: bytes, arch: int, num_warps: int, smem_bytes: int, mask_lines: Set[Tuple[str, int]]) -> Dict:
+def analyse(cubin: bytes, arch: int, num_warps: int, smem_bytes: int, mask_lines: Set[Tuple[str, int]],
+            rules: Optional[Dict[Tuple[str, int], str]] = None) -> Dict:
+    """Resources, instruction mix and the loops of one cubin (`classify_loops`; `rules` default `rule_lines()`)."""
     instrs, labels = disassemble(cubin)
     for ins in instrs:
         ins.lines = {(os.path.basename(f), n) for f, n in ins.lines}
     res = resources(cubin)
     c = counts(instrs)
     found = find_loops(instrs, labels)
-    loops = merge_unrolled(classify_loops(instrs, found, mask_lines))
+    loops = merge_unrolled(classify_loops(instrs, found, mask_lines, rule_lines() if rules is None else rules))
     # spill instructions outside every loop: run once per program
     outside = counts([i for i in instrs if not any(lp.start <= i.addr <= lp.end for lp in found)])
     return dict(regs=res["regs"], stack_bytes=res["stack"], spill_bytes=c["spill_store_bytes"] + c["spill_load_bytes"],

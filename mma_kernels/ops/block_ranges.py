@@ -5,7 +5,7 @@ block, the query blocks (`_query_block_ranges`). `benchmarks/tiles.py` replicate
 import triton
 import triton.language as tl
 
-from .mask_rules import _allowed_before, _load_query_fields, _look_bits, _span_query_bounds
+from .mask_rules import _load_query_fields, _span_query_bounds
 
 
 @triton.jit
@@ -96,21 +96,23 @@ def _lookahead_split(meta_b, smf, row_start, Lq, Lk, n_lo, f_lo, f_hi, n_hi,
 
 
 @triton.jit
-def _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N: tl.constexpr,
-                   HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """Which rule the diagonal tiles [f_hi, c_hi) of a row block need: 0 the general one (look-ahead bits, or
-    groups or a window); 1 the causal form of `_allowed_span` (no row looks ahead); 2 plain causal attention,
-    `_allowed_causal` (besides, these keys lie inside [0, Lk) with no padding among them (two `padcum` loads),
-    and every row's document starts at or before them): no key field and no load mask at all."""
+def _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N: tl.constexpr, HAS_GROUPS: tl.constexpr,
+                   HAS_WINDOW: tl.constexpr):
+    """Which form of the rule the diagonal tiles [f_hi, c_hi) of a row block need (`look`: `_look_bits` of the
+    block). When these keys lie inside [0, Lk) with no padding among them (two `padcum` loads; NOPAD: keys by
+    position alone, no key field unless a row looks ahead): 3 no row looks ahead and every row's document
+    starts at or before the tiles (INSIDE): plain causal, `_allowed_causal`; 2 no row looks ahead: the causal
+    form of `_allowed_span`; 1 INSIDE, some row looks ahead: `_allowed_look`. 0 otherwise (padding among the
+    keys, or look-ahead with a document starting inside the tiles; groups or a window: `_allowed`)."""
     if HAS_GROUPS or HAS_WINDOW:
         return 0
     else:
         a = tl.minimum(f_hi * BLOCK_N, Lk)
         b = tl.maximum(tl.minimum(c_hi * BLOCK_N, Lk), a)
         pads = tl.load(pad_b + b) - tl.load(pad_b + a)
-        inside = (tl.max(tl.where(q_doc >= 0, q_lo, 0), 0) <= f_hi * BLOCK_N) & (c_hi * BLOCK_N <= Lk)
-        no_look = _look_bits(q_bits, q_gbits, HAS_GROUPS) == 0
-        return tl.where(no_look, tl.where((pads == 0) & inside, 2, 1), 0)
+        inside = tl.max(tl.where(q_doc >= 0, q_lo, 0), 0) <= f_hi * BLOCK_N
+        nopad = (pads == 0) & (c_hi * BLOCK_N <= Lk)
+        return tl.where(nopad, tl.where(look == 0, tl.where(inside, 3, 2), tl.where(inside, 1, 0)), 0)
 
 
 @triton.jit

@@ -22,55 +22,11 @@ Outputs match the prefill forward's: out, lse (natural log, -inf for padding row
 import triton
 import triton.language as tl
 
-from .triton_kernels import (_cast, _diagonal_kind, _fwd_look_tiles, _fwd_tiles, _key_block_ranges,
-                             _load_query_fields, _lookahead_split, _span_query_bounds)
+from .triton_kernels import (_cast, _fwd_row_block, _key_block_ranges, _load_query_fields, _lookahead_split,
+                             _span_query_bounds)
 
 MAX_ROWS = 16  # the most query rows the decode path takes (Lq <= MAX_ROWS)
 _ROWS = tl.constexpr(MAX_ROWS)
-
-
-@triton.jit
-def _run_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_b,
-               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
-               n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, s_lo, s_hi, s_alo, s_ahi, Lk, D, qk_scale, window,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-               HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr):
-    """The prefill forward's four loops, each cut to this split: causal blocks [s_lo, s_hi) of [n_lo, c_hi),
-    look-ahead blocks [s_alo, s_ahi) of [a_lo, n_hi)."""
-    b0 = tl.maximum(n_lo, s_lo)
-    b1 = tl.minimum(f_lo, s_hi)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, b0, b1, Lk, D, qk_scale,
-                               window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                               not HAS_WINDOW)
-    b0 = tl.maximum(f_lo, s_lo)
-    b1 = tl.minimum(f_hi, s_hi)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, b0, b1, Lk, D, qk_scale,
-                               window, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
-    # the diagonal tiles: the kind is decided over the program's whole diagonal range (it holds on any part)
-    diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
-    b0 = tl.maximum(f_hi, s_lo)
-    b1 = tl.minimum(c_hi, s_hi)
-    if diag == 2:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, b0, b1, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   False, False, True)
-    elif diag == 1:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, b0, b1, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   False, False)
-    else:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, b0, b1, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
-    acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, s_alo, s_ahi, Lk, D,
-                                    qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW,
-                                    EVEN_D)
-    return acc, l_i, m_i
 
 
 @triton.jit
@@ -130,10 +86,10 @@ def mma_decode_kernel(Q, K, V, O, LSE, MROW, LINV, PACC, PM, PL, META, PADCUM, W
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    acc, l_i, m_i = _run_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_b,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
-                               n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, s_lo, s_hi, s_alo, s_ahi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+    acc, l_i, m_i = _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_b,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
+                                   n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, s_lo, s_hi, s_alo, s_ahi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
     row = (b * Hq + h).to(tl.int64) * Lq + r  # (b, h, r) as a row index of [B, Hq, Lq]
     if NUM_SPLITS == 1:
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)

@@ -15,10 +15,13 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
-              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None, look=0):
+              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None, look=0,
+              INSIDE: tl.constexpr = False):
     """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
-    look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing);
-    plain MMA evaluates `_allowed_span`, groups or a window `_allowed`. TMA (`triton_ops._tma_level`): K and V
+    look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing; NOPAD:
+    no padding among the keys, INSIDE: every row's document starts at or before them, see `_diagonal_kind`);
+    plain MMA evaluates `_allowed_span` (NOPAD: `_allowed_causal`, `_allowed_look`), groups or a window
+    `_allowed`. `look`: `_look_bits` of the block. TMA (`triton_ops._tma_level`): K and V
     tiles come through the tensor descriptors kd / vd (`_head_slice`), except, at level 1, V in masked tiles
     that may hold padding keys, which a masked pointer load reads as 0 (zeroing a descriptor-loaded tile would
     take it out of shared memory); at level 2 the mask has no padding and those read through vd as well."""
@@ -26,7 +29,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     offs_n = tl.arange(0, BLOCK_N)
     if MASKED:
         k_pos, k_doc, k_seg, k_mod, k_grp, k_eff, k_bit, k_real = _tile_key_fields(
-            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD, look)
+            meta_b, smf, start, offs_n, Lk, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, NOPAD, look, LOOK)
         # K needs no padding mask: a padding key's scores (NaN or inf if K holds them) are replaced by -inf
         # before any use. BEFORE tiles lie inside [0, Lk) (see `_lookahead_split`): no mask at all.
         k = _row_tile(kd if TMA else k_base, start, skn, offs_n, offs_d, D, start + offs_n < Lk,
@@ -37,7 +40,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     # the scale folded into the row max (qk_scale > 0): one FMA per score, as the Triton tutorial does
     if MASKED:
         ok = _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
-                           k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, LOOK, NOPAD)
+                           k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS, HAS_WINDOW, BEFORE, AFTER, LOOK, NOPAD,
+                           INSIDE)
         qk = tl.where(ok, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -64,12 +68,12 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
-               TMA: tl.constexpr = False, kd=None, vd=None):
+               TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False):
     for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else PLAIN_UNROLL):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,
-                                  NOPAD, TMA, kd, vd)
+                                  NOPAD, TMA, kd, vd, look, INSIDE)
     return acc, l_i, m_i
 
 
@@ -88,6 +92,57 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True,
                                   TMA=TMA, kd=kd, vd=vd, look=bits)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_b,
+                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
+                   n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, s_lo, s_hi, s_alo, s_ahi, Lk, D, qk_scale, window,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+                   HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
+                   TMA: tl.constexpr = False, kd=None, vd=None):
+    """A row block's four loops (`_lookahead_split`), each cut to [s_lo, s_hi) (the causal blocks [n_lo, c_hi))
+    or [s_alo, s_ahi) (the look-ahead blocks [a_lo, n_hi)): the whole row block in the prefill, one split of it
+    in decode (`decode_kernels`). Masked [n_lo, f_lo) (keys at or before every row), plain [f_lo, f_hi),
+    diagonal [f_hi, c_hi) by the rule `_diagonal_kind` picks over the whole diagonal range (it holds on any
+    part of it), look-ahead [a_lo, n_hi)."""
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(n_lo, s_lo),
+                               tl.minimum(f_lo, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, True, DOT_PREC,
+                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(f_lo, s_lo),
+                               tl.minimum(f_hi, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, False, DOT_PREC,
+                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
+    look = _look_bits(q_bits, q_gbits, HAS_GROUPS)
+    diag = _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
+    d_lo = tl.maximum(f_hi, s_lo)
+    d_hi = tl.minimum(c_hi, s_hi)
+    if diag == 3:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd)
+    elif diag == 2:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   LOOK=False, NOPAD=True, TMA=TMA, kd=kd, vd=vd)
+    elif diag == 1:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, look=look)
+    else:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
+                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   TMA=TMA, kd=kd, vd=vd)
+    acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, s_alo, s_ahi, Lk, D,
+                                    qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                    TMA=TMA, kd=kd, vd=vd)
     return acc, l_i, m_i
 
 
@@ -119,31 +174,10 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
-                               BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
-    # the diagonal tiles; a row block that looks ahead at nothing (the common case) runs them with the causal rule
-    diag = _diagonal_kind(pad_b, q_doc, q_lo, q_bits, q_gbits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
-    if diag == 2:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
-                                   False, True, TMA=TMA, kd=kd, vd=vd)
-    elif diag == 1:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False,
-                                   False, TMA=TMA, kd=kd, vd=vd)
-    else:
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
-    acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
-                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
+    acc, l_i, m_i = _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_b,
+                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
+                                   n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, n_lo, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
+                                   BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA, kd, vd)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

@@ -4,7 +4,9 @@ Field rows of META (per batch row, stride ``smf`` between fields):
 0 DOC, 1 SEG, 2 KMOD, 3 QBITS, 4 KV_LO, 5 KV_HI, 6 Q_LO, 7 Q_HI, 8 LA_LO, 9 MOD_NEXT, and with groups 10 GRP,
 11 GBITS. WIN (only read when HAS_WINDOW) holds the per-window bounds of `MMAMask.window_fields`: 0 KV_LO and
 1 Q_HI under the window. `_allowed` is the full rule; the others are exact shortcuts for the tiles of one
-loop kind (before the diagonal, look-ahead, causal-only), chosen by `_tile_allowed`."""
+loop kind (before the diagonal, look-ahead, causal-only), chosen by `_tile_allowed`. A ``# rule: NAME`` comment
+marks the line of each form's compare: `python -m benchmarks.static` names a masked loop by the marks its machine
+code comes from (`benchmarks.static.sass.rule_lines`), and `benchmarks.tiles` counts tiles under the same names."""
 import triton
 import triton.language as tl
 
@@ -22,14 +24,14 @@ def _allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, k_pos, k_doc, k_seg, k
     causal = k_pos <= q_pos
     if HAS_WINDOW:
         causal = causal & (q_pos - k_pos < window)
-    return (q_doc == k_doc) & (causal | look)
+    return (q_doc == k_doc) & (causal | look)  # rule: general
 
 
 @triton.jit
 def _allowed_before(k_doc, q_doc):
     """The rule for keys at or before every row of the tile (no window): the key lies in the row's document
     (DOC run index; padding keys hold -1, padding rows -2: never equal). One compare per pair."""
-    return k_doc == q_doc
+    return k_doc == q_doc  # rule: before
 
 
 @triton.jit
@@ -54,20 +56,32 @@ def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.cons
     the tile looks ahead: QBITS 0) leaves causal attention inside the document: ``KV_LO <= k_eff <= q``.
     """
     if AFTER:
-        return k_eff <= q_hi
+        return k_eff <= q_hi  # rule: look-ahead
     else:
         t = (k_eff - q_lo).to(tl.uint32, bitcast=True)
         if LOOK:
-            return t <= tl.where((q_bits & k_bit) != 0, q_hi - q_lo, q_pos - q_lo).to(tl.uint32, bitcast=True)
+            return t <= tl.where((q_bits & k_bit) != 0, q_hi - q_lo, q_pos - q_lo).to(tl.uint32, bitcast=True)  # rule: span
         else:
-            return t <= (q_pos - q_lo).to(tl.uint32, bitcast=True)
+            return t <= (q_pos - q_lo).to(tl.uint32, bitcast=True)  # rule: span-causal
+
+
+@triton.jit
+def _allowed_look(P, H, k, kf):
+    """Plain MMA under a uniform policy (see `_allowed_span`'s AFTER) for diagonal tiles whose keys hold no
+    padding and lie at or after every row's document start, on broadcastable operands, positions relative to
+    any common origin: ``k <= P + kf * (H - P)``, P the row's position (-1 - origin for padding rows: their H
+    is -1 - origin too, see `_span_query_bounds`), H its KV_HI, kf 1 if the block's look-ahead rows look at
+    the key's modality, else 0. Keys up to the row are causal; a key past it and up to KV_HI lies in its
+    segment, allowed iff the row looks ahead at all (else H = P) and at the key's modality. One compare per
+    pair (a multiply-add ahead of it): an `or` of two compares would cost two selects per score."""
+    return k <= P + kf * (H - P)  # rule: look
 
 
 @triton.jit
 def _allowed_causal(q_pos, k_pos):
     """Causal attention inside one document, for tiles whose keys hold no padding and lie at or after every
     row's document start: ``k <= q``; callers pass q = -1 - (tile start) (below every key) for padding rows."""
-    return k_pos <= q_pos
+    return k_pos <= q_pos  # rule: causal
 
 
 @triton.jit
@@ -77,7 +91,7 @@ def _allowed_doc_span(q_pos, q_doc, q_hi, q_bits, k_pos, k_doc, k_bit):
     document (DOC: padding keys hold -1, padding rows and rows past Lq -2, never equal) and
     ``k <= (QBITS & k_bit ? KV_HI : q)``. No KV_LO per row and no k_eff per key: the dK/dV kernel's masked
     loop below the fully allowed rows reads DOC, KV_HI, QBITS per row and DOC, KMOD per key."""
-    return (q_doc == k_doc) & (k_pos <= tl.where((q_bits & k_bit) != 0, q_hi, q_pos))
+    return (q_doc == k_doc) & (k_pos <= tl.where((q_bits & k_bit) != 0, q_hi, q_pos))  # rule: doc-span
 
 
 @triton.jit
@@ -157,17 +171,22 @@ def _look_bits(q_bits, q_gbits, HAS_GROUPS: tl.constexpr):
 
 @triton.jit
 def _tile_key_fields(meta_b, smf, start, offs_n, Lk, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                     BEFORE: tl.constexpr, AFTER: tl.constexpr, NOPAD: tl.constexpr, look=0):
+                     BEFORE: tl.constexpr, AFTER: tl.constexpr, NOPAD: tl.constexpr, look=0,
+                     LOOK: tl.constexpr = True):
     """The key fields a masked query-side tile's rule reads (`_tile_allowed`; fields it does not read hold a
     placeholder), and which keys are real (not padding, before Lk). `look`: `_look_bits` of the block (read by
-    the look-ahead tiles of plain MMA)."""
+    the look-ahead tiles of plain MMA, and by the diagonal NOPAD tiles with LOOK: k_bit = 1 if `look` holds
+    the key's modality, else 0)."""
     k_pos = start + offs_n
     k_doc, k_seg, k_mod, k_grp, k_eff, k_bit = k_pos, k_pos, k_pos, k_pos, k_pos, k_pos  # placeholders
     if BEFORE:  # inside [0, Lk): no key bound
         k_doc = tl.load(meta_b + k_pos)
         k_real = k_doc >= 0
-    elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): no key field, no load mask
+    elif NOPAD:  # inside [0, Lk), no padding (`_diagonal_kind`): positions alone, no load mask
         k_real = k_pos < Lk  # unused
+        k_eff = offs_n
+        if LOOK:
+            k_bit = (look >> tl.load(meta_b + 2 * smf + k_pos)) & 1
     elif not (HAS_GROUPS or HAS_WINDOW):
         k_eff, k_bit, k_real = _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER, look)
     else:
@@ -180,14 +199,22 @@ def _tile_key_fields(meta_b, smf, start, offs_n, Lk, HAS_GROUPS: tl.constexpr, H
 @triton.jit
 def _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, offs_n, k_pos, k_doc, k_seg,
                   k_mod, k_grp, k_eff, k_bit, window, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                  BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr, NOPAD: tl.constexpr):
+                  BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr, NOPAD: tl.constexpr,
+                  INSIDE: tl.constexpr = False):
     """[BLOCK_M, BLOCK_N] allowed pairs of a masked query-side tile (forward, dQ), by the cheapest exact rule
-    for the loop it is in: BEFORE document equality, NOPAD plain causal, plain MMA `_allowed_span`, groups or a
-    window `_allowed`."""
+    for the loop it is in (`_diagonal_kind`): BEFORE document equality; NOPAD (keys by position alone) plain
+    causal with INSIDE, the causal form of `_allowed_span` without, `_allowed_look` with LOOK (and INSIDE);
+    else plain MMA `_allowed_span`, groups or a window `_allowed`."""
     if BEFORE:
         return _allowed_before(k_doc[None, :], q_doc[:, None])
-    elif NOPAD:
+    elif NOPAD and LOOK:
+        return _allowed_look((tl.where(q_doc >= 0, q_pos, -1) - start)[:, None], (q_hi - start)[:, None],
+                             offs_n[None, :], k_bit[None, :])
+    elif NOPAD and INSIDE:
         return _allowed_causal(tl.where(q_doc >= 0, q_pos - start, -1 - start)[:, None], offs_n[None, :])
+    elif NOPAD:
+        return _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+                             q_bits[:, None], offs_n[None, :], offs_n[None, :], k_bit[None, :], False, False)
     elif not (HAS_GROUPS or HAS_WINDOW):
         return _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
                              q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
