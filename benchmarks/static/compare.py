@@ -46,7 +46,9 @@ def row(b: Dict, a: Dict) -> str:
         x, y = (f(b) if b else None), f(a)
         return (fmt.format(x) if x is not None else "-") + " -> " + fmt.format(y)
 
-    loops = lambda r: "/".join(map(str, _loops(r, "masked")))  # noqa: E731
+    def loops(r):  # named by the rule form each evaluates where the report has the names (`sass.rule_lines`)
+        return "/".join(f"{lp['rule']} {lp['instructions']}" if lp.get("rule") else str(lp["instructions"])
+                        for lp in r.get("loops", []) if lp["kind"] == "masked")
     return (f"| {a['kernel']} | {a['dtype']} | {a['head_dim']} | {a['block_m']}x{a['block_n']} w{a['num_warps']} "
             f"s{a['num_stages']} | {'yes' if a.get('in_autotune') else 'no'} | {cell(lambda r: r['regs'])} | "
             f"{cell(lambda r: r['spill_bytes'])} | {cell(lambda r: r.get('tma', 0))} | "

@@ -138,7 +138,7 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   TMA=TMA, kd=kd, vd=vd)
+                                   TMA=TMA, kd=kd, vd=vd, look=look)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, s_alo, s_ahi, Lk, D,
                                     qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,

@@ -44,10 +44,13 @@ def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.cons
     of its segment of a modality it may look ahead at) and QBITS; for padding rows and rows past Lq the
     caller passes q_pos = q_hi = q_lo (any value above every key's k_eff) and QBITS 0. Key: position,
     `k_eff` (its position; for padding, below every KV_LO; keys past Lk need nothing: they lie past every
-    KV_HI and q) and `k_bit` = 1 << KMOD (KMOD = PAD_MOD = 31 for padding: no QBITS bit). Allowed iff ``KV_LO <= k_eff <= (QBITS & k_bit ? KV_HI : q)``:
-    keys from the document's start up to q are causal; a key past q and up to KV_HI lies in q's segment
-    (segments are contiguous runs, padding aside, inside one document), where the policy bit decides; keys
-    past KV_HI are outside q's segment or of a modality it does not look at. One unsigned range compare.
+    KV_HI and q) and `k_bit`, 1 if the block's look-ahead rows look at its modality, else 0 (padding: 0).
+    Allowed iff ``KV_LO <= k_eff <= q + k_bit * (KV_HI - q)``: keys from the document's start up to q are
+    causal; a key past q and up to KV_HI lies in q's segment (segments are contiguous runs, padding aside,
+    inside one document), where the policy pairs the two modalities iff the row looks ahead at all (else
+    KV_HI = q) and k_bit: exact for a uniform policy (every row that looks ahead looks at the same
+    modalities: see `MMAMask`, which sends any other to `_allowed`); keys past KV_HI are outside q's segment.
+    One unsigned range compare, after one multiply-add per pair.
     AFTER (every key after every row: the look-ahead tiles) drops the lower bound, which any key past q
     meets, and the bit test too: `_span_key_fields` folds it into the key, k_eff = its position if the key's
     modality is one the block's look-ahead rows look at, else BIG, so one compare ``k_eff <= KV_HI`` decides
@@ -60,7 +63,7 @@ def _allowed_span(q_pos, q_lo, q_hi, q_bits, k_pos, k_eff, k_bit, AFTER: tl.cons
     else:
         t = (k_eff - q_lo).to(tl.uint32, bitcast=True)
         if LOOK:
-            return t <= tl.where((q_bits & k_bit) != 0, q_hi - q_lo, q_pos - q_lo).to(tl.uint32, bitcast=True)  # rule: span
+            return t <= ((q_pos - q_lo) + k_bit * (q_hi - q_pos)).to(tl.uint32, bitcast=True)  # rule: span
         else:
             return t <= (q_pos - q_lo).to(tl.uint32, bitcast=True)  # rule: span-causal
 
@@ -112,7 +115,8 @@ BIG = tl.constexpr(1 << 30)  # a relative key position past every row's KV_HI
 def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr, look=0):
     """From KMOD alone (PAD_MOD = 31 for padding), relative to `start`: k_eff, k_bit and whether the key is a
     real one (not padding, before Lk: the V mask). Diagonal tiles: k_eff `offs_n` (-1 - start, below every
-    KV_LO, for padding) and k_bit 1 << KMOD (bit 31, in no QBITS, for padding); they read key Lk - 1's KMOD for
+    KV_LO, for padding) and k_bit 1 if `look` holds KMOD, else 0 (padding: bit 31 is in no policy); they read
+    key Lk - 1's KMOD for
     keys past Lk (cheaper than a masked load where the loop pipeline stages it through shared memory): the
     rule excludes them by position (past every KV_HI and q). Look-ahead tiles (AFTER): k_eff `offs_n` if
     `look` (the modalities the block's rows look ahead at, `_look_bits`) holds KMOD, else BIG (padding too:
@@ -125,7 +129,7 @@ def _span_key_fields(meta_b, smf, start, offs_n, Lk, AFTER: tl.constexpr, look=0
         return k_eff, k_eff, k_mod != 31
     else:
         k_mod = tl.load(meta_b + 2 * smf + tl.minimum(k_pos, Lk - 1))
-        return tl.where(k_mod != 31, offs_n, -1 - start), 1 << k_mod, (k_mod != 31) & (k_pos < Lk)
+        return tl.where(k_mod != 31, offs_n, -1 - start), (look >> k_mod) & 1, (k_mod != 31) & (k_pos < Lk)
 
 
 @triton.jit
@@ -215,8 +219,9 @@ def _tile_allowed(q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start
     elif NOPAD:
         return _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
                              q_bits[:, None], offs_n[None, :], offs_n[None, :], k_bit[None, :], False, False)
-    elif not (HAS_GROUPS or HAS_WINDOW):
-        return _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None], (q_hi - start)[:, None],
+    elif not (HAS_GROUPS or HAS_WINDOW):  # padding rows: KV_HI = q in the diagonal form (their KV_HI is -1)
+        return _allowed_span((q_pos - start)[:, None], (q_lo - start)[:, None],
+                             ((q_hi if AFTER else tl.where(q_doc >= 0, q_hi, q_pos)) - start)[:, None],
                              q_bits[:, None], offs_n[None, :], k_eff[None, :], k_bit[None, :], AFTER, LOOK)
     else:
         return _allowed(q_pos[:, None], q_doc[:, None], q_seg[:, None], q_bits[:, None], q_grp[:, None],
