@@ -190,7 +190,7 @@ def loop_counts(lo, f_lo, f_hi, hi, look=None) -> Tuple[List[int], int]:
 # `python -m benchmarks.static` names the loops it finds): the forward's and dQ's (the diagonal tiles by
 # `diagonal_kinds` 3, 2, 1, 0) and the dK/dV kernel's (rows [m_lo, f_lo), then [f_hi, m_hi))
 QUERY_LOOPS = ("before", "causal", "span-causal", "look", "span", "look-ahead")
-KEY_LOOPS = ("doc-span", "before")
+KEY_LOOPS = ("key-span", "before")
 
 
 def query_loop_counts(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> Tuple[List[int], int]:

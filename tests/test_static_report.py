@@ -138,7 +138,7 @@ ISSUE19_BOUNDS = {"fwd": dict(regs=219, plain=323, masked={"before": 447, "causa
                                                              "look": 519, "span": 579, "look-ahead": 517}),
                   "dq": dict(regs=251, plain=300, masked={"before": 385, "causal": 369, "span-causal": 397,
                                                           "look": 452, "span": 529, "look-ahead": 475}),
-                  "dkdv": dict(regs=244, plain=273, masked={"doc-span": 469, "before": 362})}
+                  "dkdv": dict(regs=244, plain=273, masked={"key-span": 425, "before": 362})}
 
 
 def _tile_loops(r):

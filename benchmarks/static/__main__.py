@@ -50,7 +50,7 @@ def mask_functions():
     from mma_kernels.ops import triton_kernels as tk
 
     return [getattr(tk, n) for n in ("_allowed", "_allowed_before", "_allowed_span", "_allowed_causal",
-                                    "_allowed_look", "_allowed_doc_span") if hasattr(tk, n)]
+                                    "_allowed_look", "_allowed_key_span") if hasattr(tk, n)]
 
 
 def variants(kernels, dtypes, head_dims, with_candidates: bool, only=None, features=(), arch: int = 90,

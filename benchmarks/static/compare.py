@@ -1,7 +1,11 @@
 """Before / after two static reports (`python -m benchmarks.static --json ...`), per variant, with the
 issue-19 goals checked on the after side.
 
-    python -m benchmarks.static.compare BEFORE.json AFTER.json [--md PATH] [--dtype bf16] [--head-dims 64,96,128]
+    python -m benchmarks.static.compare BEFORE.json [BEFORE2.json ...] AFTER.json [--md PATH] [--dtype bf16]
+        [--head-dims 64,96,128]
+
+Several before reports: a later one's records replace an earlier one's of the same variant (e.g. a full
+report, then a run of one kernel made after it).
 
 Goals (bf16, sm_90, per 128x64-equivalent tile for fwd / dQ, per 64x64-equivalent for dK/dV): forward plain
 loop <= 290, dQ <= 270, dK/dV <= 280; every masked loop <= 1.3 x its kernel's plain loop; 0 spills in every
@@ -110,16 +114,23 @@ def markdown(before: Dict, after: Dict, dtype: str, head_dims) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.static.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("before")
-    p.add_argument("after")
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="before report(s), then the after report")
     p.add_argument("--md")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--head-dims", default="64,96,128")
     a = p.parse_args(argv)
-    with open(a.before, encoding="utf-8") as f:
-        before = json.load(f)
-    with open(a.after, encoding="utf-8") as f:
-        after = json.load(f)
+    if len(a.reports) < 2:
+        p.error("give a before report and an after report")
+    loaded = []
+    for path in a.reports:
+        with open(path, encoding="utf-8") as f:
+            loaded.append(json.load(f))
+    after = loaded[-1]
+    before = dict(header=loaded[-2]["header"], records=[r for d in loaded[:-1] for r in d["records"]])
+    if len(loaded) > 2:  # the header says which reports were merged
+        before["header"] = dict(before["header"], command=" + ".join(d["header"]["command"] for d in loaded[:-1]),
+                                git_commit=", ".join(d["header"]["git_commit"] for d in loaded[:-1]),
+                                date=", ".join(d["header"]["date"] for d in loaded[:-1]))
     text = markdown(before, after, a.dtype, [int(x) for x in a.head_dims.split(",")])
     if a.md:
         with open(a.md, "w", encoding="utf-8") as f:

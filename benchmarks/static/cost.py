@@ -1,10 +1,11 @@
 """Inferred per-head instruction cost of each kernel on each layout: static loop counts x exact tile counts.
 
     python -m benchmarks.static.cost [--static benchmarks/results/static/sm90.json] \
-        [--tiles benchmarks/results/tiles/tiles.jsonl] [--dtype bf16] [--head-dim 128] [--md PATH]
+        [--tiles benchmarks/results/tiles/tiles.jsonl] [--dtype bf16] [--head-dim 128] [--md PATH] \
+        [--before OLD.json [--before-tiles OLD_TILES.jsonl]]
 
 Joins the sm_90 report (`python -m benchmarks.static`: static instructions in one iteration of each tile
-loop, in code order) with the tile suite (`python -m benchmarks --suite tiles`: tiles each loop visits, per
+loop, named by the rule form it evaluates) with the tile suite (`python -m benchmarks --suite tiles`: tiles each loop visits, per
 head, exact). For every layout, length and listed tile shape it gives the issued instructions of the tile
 loops, and their ratio to the same visits all run as plain tiles. This is a *model* (inferred, not
 measured): static counts ignore latency, stalls and the wgmma work that is the same in every loop; it says
@@ -86,8 +87,10 @@ def markdown(rows: List[Dict], sheader: Dict, theader: Dict, dtype: str, head_di
            f"tile suite (commit `{theader.get('git_commit')}`, {theader.get('date')}).", "",
            "**Inferred, not measured**: instructions issued by the tile loops = plain loop x plain tiles + each "
            "masked loop x its tiles (static counts per iteration). `x all-plain`: that over the same visits run "
-           "as plain tiles; `/128x64`: per visited tile, scaled to a 128x64 tile. Masked loops in code order: "
-           "fwd/dQ before-diagonal, diagonal, look-ahead; dK/dV below, above the fully allowed rows."
+           "as plain tiles; `/128x64`: per visited tile, scaled to a 128x64 tile. Masked loops by the rule form "
+           "they evaluate, in the tile suite's order (`benchmarks.tiles.QUERY_LOOPS`: before, causal, "
+           "span-causal, look, span, look-ahead; `KEY_LOOPS`: key-span, before), or in code order for records "
+           "without names."
            + (f" `before`: `/128x64` from the static report `{before['header']['command']}` (commit "
               f"`{before['header']['git_commit']}`), and after / before." if before else ""), "",
            "| layout | L | kernel | tile | config | visited | masked share | plain loop | masked loops "
@@ -119,11 +122,13 @@ def main(argv=None) -> int:
     p.add_argument("--seqlen", type=int, default=None, help="only this length (tokens)")
     p.add_argument("--md", help="write the markdown table here (default: print it)")
     p.add_argument("--before", help="an earlier static report: adds its /128x64 and the ratio, per row")
+    p.add_argument("--before-tiles", help="the tile suite the earlier report's loops line up with (default: "
+                                          "--tiles; a suite from before the loops were named, for an older report)")
     a = p.parse_args(argv)
     rows, sh, th, missing = build(a.static, a.tiles, a.dtype, a.head_dim)
     before = None
     if a.before:
-        brows, bh, _, _ = build(a.before, a.tiles, a.dtype, a.head_dim)
+        brows, bh, _, _ = build(a.before, a.before_tiles or a.tiles, a.dtype, a.head_dim)
         before = dict(header=bh, rows={(r["layout"], r["seqlen"], r["kernel"], r["tile"]): r for r in brows})
     if a.seqlen:
         rows = [r for r in rows if r["seqlen"] == a.seqlen]

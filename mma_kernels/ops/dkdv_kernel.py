@@ -4,7 +4,8 @@ import triton
 import triton.language as tl
 
 from .tile_io import _cast, _head_slice, _mm
-from .mask_rules import _allowed, _allowed_before, _allowed_doc_span, _load_query_fields, _load_key_fields
+from .mask_rules import (BIG, _allowed, _allowed_before, _allowed_key_span, _load_query_fields, _load_key_fields,
+                         _look_bits)
 from .block_ranges import _query_block_ranges
 
 
@@ -17,7 +18,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
     """Row blocks [m_lo, m_hi) of one key block, in the transposed orientation ([BLOCK_N keys, BLOCK_M rows]).
     Masked loops: BEFORE (rows at or after every key: the loop above the fully allowed rows, see
     `_query_block_ranges`: in that case only when the block has fully allowed rows) needs only the document
-    bound; else plain MMA evaluates `_allowed_doc_span` (operands broadcast [1, M] x [N, 1]), groups or a
+    bound; else plain MMA evaluates `_allowed_key_span` (operands broadcast [1, M] x [N, 1]), groups or a
     window `_allowed`. TMA (`triton_ops._tma_level`): q and dO tiles through the descriptors qd / dod in the
     plain loop (its rows hold no padding query; rows past Lq read 0), and in masked loops too at level 2 (no
     padding anywhere); else masked pointer loads, which read padding rows as 0."""
@@ -27,9 +28,9 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
         k_pos = key_start + offs_n
         if BEFORE:
             k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
-        elif not (HAS_GROUPS or HAS_WINDOW):
-            k_doc = tl.load(meta_b + k_pos, mask=k_pos < Lk, other=-1)
-            k_bit = 1 << tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
+        elif not (HAS_GROUPS or HAS_WINDOW):  # KMOD, and the key's position (BIG for padding and past Lk)
+            k_mod = tl.load(meta_b + 2 * smf + k_pos, mask=k_pos < Lk, other=31)
+            k_eff = tl.where(k_mod != 31, k_pos, BIG)
         else:
             k_doc, k_seg, k_mod, k_grp = _load_key_fields(meta_b, smf, k_pos, k_pos < Lk, HAS_GROUPS)
     for m in range(m_lo, m_hi):
@@ -44,7 +45,8 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
             if BEFORE or not (HAS_GROUPS or HAS_WINDOW):
                 q_doc = tl.load(meta_b + rows + off, mask=f_ok, other=-2)
                 q_doc = tl.where(q_doc < 0, -2, q_doc)
-                if not BEFORE:
+                if not BEFORE:  # `_allowed_key_span`'s LO, H (padding rows: any, their p is 0)
+                    q_lo = tl.load(meta_b + 4 * smf + rows + off, mask=f_ok, other=0)
                     q_hi = tl.load(meta_b + 5 * smf + rows + off, mask=f_ok, other=0)
                     q_bits = tl.load(meta_b + 3 * smf + rows + off, mask=f_ok, other=0)
             else:
@@ -73,8 +75,10 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_base, 
             if BEFORE:
                 ok = _allowed_before(k_doc[:, None], q_doc[None, :])
             elif not (HAS_GROUPS or HAS_WINDOW):
-                ok = _allowed_doc_span((rows + off - key_start)[None, :], q_doc[None, :], (q_hi - key_start)[None, :],
-                                       q_bits[None, :], offs_n[:, None], k_doc[:, None], k_bit[:, None])
+                # the tile's look-ahead bits (uniform policy: every row's are 0 or these) pick the keys looked at
+                k_look = (_look_bits(q_bits, q_bits, False) >> k_mod) & 1
+                ok = _allowed_key_span((rows + off)[None, :], q_lo[None, :], q_hi[None, :], k_eff[:, None],
+                                       k_look[:, None])
             else:
                 ok = _allowed((rows + off)[None, :], q_doc[None, :], q_seg[None, :], q_bits[None, :], q_grp[None, :],
                               q_gbits[None, :], k_pos[:, None], k_doc[:, None], k_seg[:, None], k_mod[:, None],

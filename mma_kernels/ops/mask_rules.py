@@ -88,13 +88,14 @@ def _allowed_causal(q_pos, k_pos):
 
 
 @triton.jit
-def _allowed_doc_span(q_pos, q_doc, q_hi, q_bits, k_pos, k_doc, k_bit):
-    """`_allowed_span`'s rule with the lower bound taken by document instead of KV_LO, on broadcastable operands
-    (either [M,1]x[1,N] or [1,M]x[N,1]), positions relative to any common origin: the key lies in the row's
-    document (DOC: padding keys hold -1, padding rows and rows past Lq -2, never equal) and
-    ``k <= (QBITS & k_bit ? KV_HI : q)``. No KV_LO per row and no k_eff per key: the dK/dV kernel's masked
-    loop below the fully allowed rows reads DOC, KV_HI, QBITS per row and DOC, KMOD per key."""
-    return (q_doc == k_doc) & (k_pos <= tl.where((q_bits & k_bit) != 0, q_hi, q_pos))  # rule: doc-span
+def _allowed_key_span(P, LO, H, k, kf):
+    """`_allowed_span`'s diagonal rule for the dK/dV kernel's masked rows, on broadcastable operands (there
+    [1, M] x [N, 1]), absolute positions: ``LO <= k <= P + kf * (H - P)`` as one unsigned range compare. Row:
+    P its position, LO its KV_LO, H its KV_HI (a padding row's or one past Lq's result is not read: its q, dO
+    load as 0 and its lse as +inf, so p = 0 there). Key: k its position (BIG for padding and past Lk: past
+    every bound), kf 1 if the tile's look-ahead rows look at its modality, else 0: exact for a uniform policy
+    (see `MMAMask`, which sends any other to `_allowed`)."""
+    return (k - LO).to(tl.uint32, bitcast=True) <= (P - LO + kf * (H - P)).to(tl.uint32, bitcast=True)  # rule: key-span
 
 
 @triton.jit
@@ -108,7 +109,7 @@ def _span_query_bounds(meta_b, smf, q_pos, row_ok, q_doc, Lk):
     return tl.where(real, q_pos, Lk), q_lo, tl.where(real, q_hi, -1)
 
 
-BIG = tl.constexpr(1 << 30)  # a relative key position past every row's KV_HI
+BIG = tl.constexpr(1 << 30)  # a key position (relative or absolute) past every row's KV_HI
 
 
 @triton.jit

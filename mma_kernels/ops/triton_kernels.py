@@ -18,7 +18,7 @@ from .block_ranges import (_diagonal_kind, _key_block_ranges, _lookahead_split, 
 from .dkdv_kernel import _dkdv_tiles, _dkdv_tiles_at, mma_bwd_dkdv_kernel  # noqa: F401
 from .dq_kernel import _dq_pass, _dq_tile, _dq_tiles, mma_bwd_dq_kernel  # noqa: F401
 from .fwd_kernel import _fwd_look_tiles, _fwd_row_block, _fwd_tile, _fwd_tiles, mma_fwd_kernel  # noqa: F401
-from .mask_rules import (_allowed, _allowed_before, _allowed_causal, _allowed_doc_span, _allowed_look,  # noqa: F401
+from .mask_rules import (_allowed, _allowed_before, _allowed_causal, _allowed_key_span, _allowed_look,  # noqa: F401
                          _allowed_span,
                          _bit_or, _load_key_fields, _load_query_fields, _look_bits, _span_key_fields,
                          _span_query_bounds, _tile_allowed, _tile_key_fields)
