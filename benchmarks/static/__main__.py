@@ -107,8 +107,10 @@ def compile_variant(kind, dtype, head_dim, launch, key, in_autotune, arch, mask_
 
 
 def _fmt_loops(r, kind):
-    xs = [lp["instructions"] for lp in r.get("loops", []) if lp["kind"] == kind]
-    return "/".join(str(x) for x in xs) if xs else "-"
+    """The loops of one kind, in layout order; a masked loop prefixed by the rule form it evaluates (its name)."""
+    xs = [(f"{lp['rule']} " if lp.get("rule") else "") + str(lp["instructions"])
+          for lp in r.get("loops", []) if lp["kind"] == kind]
+    return "/".join(xs) if xs else "-"
 
 
 def _fmt_spills(r):
@@ -126,7 +128,8 @@ def markdown(records: List[Dict], header: Dict) -> str:
              f"{header['date']}. Command: `{header['command']}`.", "",
              f"Launch specialised as the runtime does it: B={launch['batch']}, Hq={launch['heads_q']}, "
              f"Hkv={launch['heads_kv']}, L={launch['seqlen']}. Loop columns: static instructions in one iteration "
-             "(one tile) of each loop, in code order (an unrolled loop: per tile, its body over the tiles it holds, "
+             "(one tile) of each loop, in the order ptxas lays them out, a masked loop named by the rule form it "
+             "evaluates (`# rule:` marks in `mma_kernels/ops/mask_rules.py`) (an unrolled loop: per tile, its body over the tiles it holds, "
              "with its remainder loop folded in: `sass.merge_unrolled`); `/128x64`: the plain loop scaled to a 128x64 tile. "
              "`spill B`: bytes of local-memory stores/loads (STL/LDL) in the whole kernel; `spill instr`: the STL + LDL "
              "instructions in each loop's own body (code order, inner loops excluded) and outside every loop. "
@@ -191,12 +194,22 @@ def build_parser():
                         "lengths cost)")
     p.add_argument("--only", help="only these configs, e.g. fwd:128x64x8x3,dq:64x64x4x2 (block_m x block_n x "
                                   "warps x stages)")
+    p.add_argument("--render", metavar="JSON", help="compile nothing: write the markdown of a saved report "
+                                                   "(next to it, or --md)")
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = build_parser().parse_args(argv)
+    if a.render:
+        with open(a.render, encoding="utf-8") as f:
+            data = json.load(f)
+        md = a.md or os.path.splitext(a.render)[0] + ".md"
+        with open(md, "w", encoding="utf-8") as f:
+            f.write(markdown(data["records"], data["header"]))
+        print(f"wrote {md}", file=sys.stderr)
+        return 0
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("python -m benchmarks.static compiles for a GPU: unset TRITON_INTERPRET")
     from .sass import function_lines

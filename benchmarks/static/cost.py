@@ -63,9 +63,16 @@ def cost_row(tile: Dict, static: Dict) -> Optional[Dict]:
                 per_128x64=round(total / tile["visited"] / per_tile) if tile["visited"] else None)
 
 
-def build(static_path: str, tiles_path: str, dtype: str, head_dim: int):
-    with open(static_path, encoding="utf-8") as f:
-        sdata = json.load(f)
+def build(static_path, tiles_path: str, dtype: str, head_dim: int):
+    """Cost rows of one static report (a path, or several merged: later records first, so they win)."""
+    paths = [static_path] if isinstance(static_path, str) else list(static_path)
+    loaded = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            loaded.append(json.load(f))
+    sdata = dict(header=dict(loaded[-1]["header"], command=" + ".join(d["header"]["command"] for d in loaded),
+                             git_commit=", ".join(d["header"]["git_commit"] for d in loaded)),
+                 records=[r for d in reversed(loaded) for r in d["records"]])
     with open(tiles_path, encoding="utf-8") as f:
         tiles = [json.loads(line) for line in f if line.strip()]
     rows, missing = [], set()
@@ -121,7 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=None, help="only this length (tokens)")
     p.add_argument("--md", help="write the markdown table here (default: print it)")
-    p.add_argument("--before", help="an earlier static report: adds its /128x64 and the ratio, per row")
+    p.add_argument("--before", nargs="+", help="an earlier static report (several: a later one's records replace "
+                                               "an earlier one's): adds its /128x64 and the ratio, per row")
     p.add_argument("--before-tiles", help="the tile suite the earlier report's loops line up with (default: "
                                           "--tiles; a suite from before the loops were named, for an older report)")
     a = p.parse_args(argv)
