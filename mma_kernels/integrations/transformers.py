@@ -30,7 +30,7 @@ from .ids import (_documents_from_positions, _token_set, build_mma_mask, cut_seg
 NAME = "mma"
 # The transformers releases CI runs the Hugging Face tests on (.ci/run): the oldest supported and the newest a
 # fresh install gets. Older ones are refused at apply_mma; newer ones warn once.
-TESTED_TRANSFORMERS = ("5.0.0", "5.24.0")
+TESTED_TRANSFORMERS = ("5.0.0", "5.25.0")
 _warned_newer = False
 _ID_KEYS = ("modality_ids", "segment_ids", "document_ids", "group_ids")
 _GROUP_POLICY = {"image_blocks": "bidirectional_image", "prefix": "prefix"}
