@@ -89,7 +89,8 @@ def mma_decode_kernel(Q, K, V, O, LSE, MROW, LINV, PACC, PM, PL, META, PADCUM, W
     acc, l_i, m_i = _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
                                    n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, s_lo, s_hi, s_alo, s_ahi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D)
+                                   window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   DECODE=True)
     row = (b * Hq + h).to(tl.int64) * Lq + r  # (b, h, r) as a row index of [B, Hq, Lq]
     if NUM_SPLITS == 1:
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)

@@ -68,8 +68,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
-               TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False):
-    for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else PLAIN_UNROLL):
+               TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False,
+               UNROLL: tl.constexpr = PLAIN_UNROLL):
+    for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else UNROLL):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,
@@ -101,12 +102,14 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
                    n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, s_lo, s_hi, s_alo, s_ahi, Lk, D, qk_scale, window,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
                    HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                   TMA: tl.constexpr = False, kd=None, vd=None):
+                   TMA: tl.constexpr = False, kd=None, vd=None, DECODE: tl.constexpr = False):
     """A row block's four loops (`_lookahead_split`), each cut to [s_lo, s_hi) (the causal blocks [n_lo, c_hi))
     or [s_alo, s_ahi) (the look-ahead blocks [a_lo, n_hi)): the whole row block in the prefill, one split of it
     in decode (`decode_kernels`). Masked [n_lo, f_lo) (keys at or before every row), plain [f_lo, f_hi),
     diagonal [f_hi, c_hi) by the rule `_diagonal_kind` picks over the whole diagonal range (it holds on any
-    part of it), look-ahead [a_lo, n_hi)."""
+    part of it), look-ahead [a_lo, n_hi). DECODE (a split of the decode kernel: a few tiles per loop, on mma.sync
+    tiles that spill with more code in flight) runs every diagonal tile with the full form (one loop, not four)
+    and the plain loop not unrolled."""
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(n_lo, s_lo),
                                tl.minimum(f_lo, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, True, DOT_PREC,
@@ -114,9 +117,10 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(f_lo, s_lo),
                                tl.minimum(f_hi, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, False, DOT_PREC,
-                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd)
+                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd,
+                               UNROLL=1 if DECODE else PLAIN_UNROLL)
     look = _look_bits(q_bits, q_gbits, HAS_GROUPS)
-    diag = _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
+    diag = _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW or DECODE)
     d_lo = tl.maximum(f_hi, s_lo)
     d_hi = tl.minimum(c_hi, s_hi)
     if diag == 3:
