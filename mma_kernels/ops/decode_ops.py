@@ -79,10 +79,13 @@ def sm_count(device: torch.device) -> int:
 
 
 def _gpu_tile(block_m: int, block_d: int, dtype) -> tuple:
-    """(BLOCK_N, num_warps, num_stages) on a GPU: spill-free on sm_90 for every packing of rows (16, 32, 64) at
-    head dims up to 128 in fp16/bf16 and fp32, and at head dim 256 in fp16/bf16 (`python -m
+    """(BLOCK_N, num_warps, num_stages) on a GPU, chosen spill-free on sm_90 for every packing of rows (16, 32,
+    64) at head dims up to 128 in fp16/bf16 and fp32, and at head dim 256 in fp16/bf16 (`python -m
     benchmarks.static.decode`, its VARIANTS table; 4 warps spill at 32 or 64 rows, fp32 at wider key tiles or
-    more rows, head dim 256 at 32 rows). fp32 at head dim 256 spills (about 0.9 KB) at every tile tried."""
+    more rows, head dim 256 at 32 rows). fp32 at head dim 256 spills at every tile tried (1.1 KB). Since issue
+    19's third round two variants spill a little again (`benchmarks/results/static/decode_sm90.md`): fp32 head
+    dim 64 at 16 rows x 32 keys (40 B) and fp16 head dim 80 at 32 rows x 64 keys with groups and a window (8 B);
+    the tiles were not re-tuned."""
     if dtype == torch.float32:  # 16 rows (MAX_PACKED_ROWS_FP32); above head dim 128 every tile tried spills
         return (32 if block_d <= 64 else 16), 8, 3
     if block_d > 128:  # 16 rows (MAX_PACKED_ROWS_WIDE)
