@@ -83,11 +83,11 @@ def _gpu_tile(block_m: int, block_d: int, dtype) -> tuple:
     64) at head dims up to 128 in fp16/bf16 and fp32, and at head dim 256 in fp16/bf16 (`python -m
     benchmarks.static.decode`, its VARIANTS table; 4 warps spill at 32 or 64 rows, fp32 at wider key tiles or
     more rows, head dim 256 at 32 rows). fp32 at head dim 256 spills at every tile tried (1.1 KB). Since issue
-    19's third round two variants spill a little again (`benchmarks/results/static/decode_sm90.md`): fp32 head
-    dim 64 at 16 rows x 32 keys (40 B) and fp16 head dim 80 at 32 rows x 64 keys with groups and a window (8 B);
-    the tiles were not re-tuned."""
+    19's third round fp32 takes 16-key tiles at every head dim (32 keys spilled 40 B at head dim 64), and one
+    variant spills a little (`benchmarks/results/static/decode_sm90.md`): fp16 head dim 80 at 32 rows x 64 keys
+    with groups and a window (8 B)."""
     if dtype == torch.float32:  # 16 rows (MAX_PACKED_ROWS_FP32); above head dim 128 every tile tried spills
-        return (32 if block_d <= 64 else 16), 8, 3
+        return 16, 8, 3
     if block_d > 128:  # 16 rows (MAX_PACKED_ROWS_WIDE)
         return 32, 4, 2
     return (64, 8, 3) if block_m >= 32 else (64, 4, 3)
