@@ -125,6 +125,44 @@ def test_uneven_tile_shapes(monkeypatch, layout, blocks):
     check_case("triton", torch.float16, B=2, Hq=2, Hkv=1, Lq=33, Lk=97, D=64, layout=layout, seed=6)
 
 
+@pytest.mark.parametrize("layout, blocks, Lq, tma", [
+    ("packed", (32, 64), 97, "auto"),       # four parts, descriptors (level 2: no padding)
+    ("left_pad", (32, 64), 33, "auto"),     # padding: level 1 (V of masked parts through pointers), Lq < Lk
+    ("three_modal", (16, 32), 97, "auto"),  # two parts, a non-uniform policy (the general rule)
+    ("multi_turn", (16, 32), 33, "off"),    # pointer loads
+])
+def test_masked_tiles_in_parts(monkeypatch, layout, blocks, Lq, tma):
+    """Key tiles wider than MASKED_N (the GPU's 128x128) run each masked tile as MASKED_N-key parts, through
+    descriptors of that width (TMA level 2 without padding, 1 with it) or pointer loads; plain tiles whole."""
+    monkeypatch.setattr(triton_ops, "INTERPRET_BLOCKS", {"fwd": blocks, "dq": blocks, "dkdv": blocks[::-1]})
+    masked_n = 16
+    monkeypatch.setattr(triton_ops, "MASKED_N", masked_n)
+    monkeypatch.setattr(triton_ops, "TMA", tma)
+    seen = []
+    orig = triton_ops._launch
+    monkeypatch.setattr(triton_ops, "_launch", lambda kind, *a, **meta: (seen.append((kind, meta)), orig(kind, *a, **meta))[1])
+    mod, seg, doc = make_layout(layout, 2, 97, seed=8)
+    padded = bool((mod == -1).any())
+    assert padded == (layout == "left_pad")
+    policy = "mma" if layout != "three_modal" else [(1, 0), (2, 1), (2, 0)]
+    check_case("triton", torch.bfloat16, B=2, Hq=4, Hkv=2, Lq=Lq, Lk=97, D=64, seed=Lq, ids=(mod, seg, doc),
+               policy=policy)
+    for kind in ("fwd", "dq"):
+        metas = [m for k, m in seen if k == kind]
+        assert metas and all(m["MASKED_N"] == masked_n < blocks[1] for m in metas)
+        assert {m["TMA"] for m in metas} == ({0} if tma == "off" else {1 if padded else 2})
+
+
+@pytest.mark.parametrize("block_d, widest", [(64, 128 * 128), (128, 128 * 64), (256, 64 * 64)])
+def test_autotune_prune_keeps_tiles_that_fit(block_d, widest):
+    """128x128 forward / dQ tiles only up to a head-dim block of 64 (spill-free there on sm_90), 128x64 up to
+    128, 64x64 above (benchmarks/results/static/)."""
+    for kind in ("fwd", "dq"):
+        kept = triton_ops._prune(triton_ops._configs(kind), {"BLOCK_D": block_d})
+        sizes = [c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in kept]
+        assert max(sizes) == widest and all(s <= widest for s in sizes)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_noncontiguous_views(backend):
     check_case(backend, torch.bfloat16, B=2, Hq=4, Hkv=2, Lq=70, Lk=70, D=64, noncontiguous=True)

@@ -26,10 +26,15 @@ ODD_L = 16383  # the headline report's launch length: not a multiple of 16 (the 
 FEATURES = {"fwd": "64x32x4x2", "dq": "64x64x8x2", "dkdv": "32x64x8x2"}  # fp16, groups + window on, left padding
 
 
-def _static(out, only, dtype, features="", seqlen=None):
+def _env():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "benchmarks.static", "--arch", "90", "--dtypes", dtype, "--head-dims", "128",
+    return env
+
+
+def _static(out, only, dtype, features="", seqlen=None, head_dim=128):
+    env = _env()
+    cmd = [sys.executable, "-m", "benchmarks.static", "--arch", "90", "--dtypes", dtype, "--head-dims", str(head_dim),
            "--only", ",".join(f"{k}:{v}" for k, v in only.items()), "--json", str(out)]
     if features:
         cmd += ["--features", features]
@@ -38,7 +43,7 @@ def _static(out, only, dtype, features="", seqlen=None):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     data = json.loads(out.read_text())
-    assert out.with_suffix(".md").read_text().count(f"| {dtype} | 128 |") == 3
+    assert out.with_suffix(".md").read_text().count(f"| {dtype} | {head_dim} |") == len(only)
     return {r["kernel"]: r for r in data["records"]}, data["header"]
 
 
@@ -167,3 +172,49 @@ def test_issue19_bounds_hold(report, kind):
     assert r["regs"] <= b["regs"], r["regs"]
     assert plain[0] <= b["plain"], plain
     assert set(masked) == set(b["masked"]) and all(masked[k] <= b["masked"][k] for k in masked), masked
+
+
+# issue 19 point 2: the 128-wide key tiles of the forward and dQ autotune lists (head-dim blocks up to 64,
+# `triton_ops._prune`), masked tiles in 64-key parts (`triton_ops.MASKED_N`): spill-free, and their loops bounded
+# by this round's counts (`benchmarks/results/static/sm90.md`, bf16 D=64 128x128 w8 s2; per 128 keys).
+WIDE = {"fwd": "128x128x8x2", "dq": "128x128x8x2"}
+WIDE_BOUNDS = {"fwd": dict(regs=178, plain=444.5, masked={"before": 717, "causal": 700, "span-causal": 757,
+                                                           "look": 851, "span": 1104, "look-ahead": 857}),
+               "dq": dict(regs=224, plain=425, masked={"before": 653, "causal": 634, "span-causal": 690,
+                                                       "look": 799, "span": 1011, "look-ahead": 802})}
+
+
+@pytest.fixture(scope="module")
+def report_wide(tmp_path_factory):
+    return _static(tmp_path_factory.mktemp("static_wide") / "sm90.json", WIDE, "bf16", head_dim=64)
+
+
+@pytest.mark.parametrize("kind", sorted(WIDE_BOUNDS))
+def test_wide_key_tiles_in_autotune_and_spill_free(report_wide, kind):
+    r = report_wide[0][kind]
+    b = WIDE_BOUNDS[kind]
+    assert r["in_autotune"] and r["spill_bytes"] == 0 and r["hmma"] == 0 and r["tma"] > 0, r
+    assert r["regs"] <= b["regs"], r["regs"]
+    plain = [lp["instructions"] for lp in r["loops"] if lp["kind"] == "plain"]
+    masked = {lp["rule"]: lp for lp in r["loops"] if lp["kind"] == "masked"}
+    assert len(plain) == 1 and plain[0] <= b["plain"], plain
+    assert set(masked) == set(b["masked"]), sorted(masked)
+    assert all(masked[k]["instructions"] <= b["masked"][k] for k in masked), {k: v["instructions"] for k, v in masked.items()}
+    # a masked 128-key tile runs as two 64-key parts: twice the wgmma of one 64-key tile, two TMA loads each of K, V
+    assert all(lp["tma"] >= 4 for lp in masked.values()), {k: v["tma"] for k, v in masked.items()}
+
+
+def test_decode_kernel_does_not_spill(tmp_path):
+    """The split-KV decode kernel (`python -m benchmarks.static.decode`, the headline step: bf16 D=128, one query
+    row, 128K keys) at the tile its launcher picks: no spill (it shares `_fwd_row_block` with the prefill, so a
+    change there can make it spill: `benchmarks/results/static/decode_sm90.md`)."""
+    out = tmp_path / "decode.json"
+    cmd = [sys.executable, "-m", "benchmarks.static.decode", "--arch", "90", "--no-before", "--no-variants",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    recs = {r["kernel"]: r for r in json.loads(out.read_text())["records"]}
+    assert set(recs) == {"mma_decode_kernel", "mma_decode_merge_kernel"}, sorted(recs)
+    for name, r in recs.items():
+        assert r["spill_bytes"] == 0, (name, r["spill_bytes"], r["regs"])
+    assert recs["mma_decode_kernel"]["hmma"] > 0 and recs["mma_decode_kernel"]["async_copy"] > 0

@@ -138,7 +138,7 @@ def analyse_launch(name, path, fn, launch, arch, mask_lines, programs, per_progr
     return rec
 
 
-def run(arch: int, launch=LAUNCH) -> List[Dict]:
+def run(arch: int, launch=LAUNCH, before: bool = True) -> List[Dict]:
     from benchmarks.static.capture import DTYPES
     from mma_kernels.ops import decode_kernels as dk
     from mma_kernels.ops import decode_ops, triton_ops
@@ -151,7 +151,8 @@ def run(arch: int, launch=LAUNCH) -> List[Dict]:
     recs = []
     # before: the prefill forward with one query row, at each config of its autotune list
     (fwd,) = [s for s in capture(False, B, Hq, Hkv, D, Lk, Lq, launch["dtype"]) if s["kind"] == "fwd"]
-    for bm, bn, w, s in triton_ops._CONFIGS["fwd"]:
+    kept = triton_ops._prune(triton_ops._configs("fwd"), fwd["meta"]) if before else []  # as the autotuner prunes
+    for bm, bn, w, s in [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]:
         programs = -(-Lq // bm) * B * Hq
         per = kv_bytes(fwd["mask"], Lq, bm, bn, 1, D, elt)
         recs.append(analyse_launch("mma_fwd_kernel", "before: prefill forward, Lq=1", tk.mma_fwd_kernel,
@@ -254,10 +255,11 @@ def main(argv=None) -> int:
     p.add_argument("--save", action="store_true", help="write benchmarks/results/static/decode_sm<arch>.{json,md}")
     p.add_argument("--json", help="JSON output path")
     p.add_argument("--no-variants", action="store_true", help="only the headline step, not the other launches")
+    p.add_argument("--no-before", action="store_true", help="not the prefill forward's launches (what ran before)")
     a = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("python -m benchmarks.static.decode compiles for a GPU: unset TRITON_INTERPRET")
-    recs = run(a.arch)
+    recs = run(a.arch, before=not a.no_before)
     more = [] if a.no_variants else run_variants(a.arch)
     head = dict(header(a.arch, argv), command="python -m benchmarks.static.decode " + " ".join(argv), launch=LAUNCH)
     md = markdown(recs, head) + (variants_markdown(more) if more else "")

@@ -15,10 +15,29 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None, look=0,
-             INSIDE: tl.constexpr = False):
+             INSIDE: tl.constexpr = False, SUB_N: tl.constexpr = 0, kds=None, vds=None):
     """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`;
     TMA as there: K and V through the descriptors kd / vd, except (level 1) in masked tiles that may hold
-    padding keys."""
+    padding keys. SUB_N, kds, vds: a masked tile wider than SUB_N in parts, as `_fwd_tile` runs it."""
+    PARTS: tl.constexpr = BLOCK_N // SUB_N if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else 1
+    W: tl.constexpr = BLOCK_N // PARTS
+    for j in tl.static_range(PARTS):
+        dq, dsum = _dq_keys(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc,
+                            q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start + j * W, Lk, D, qk_scale, window, W, BLOCK_D,
+                            MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
+                            AFTER, LOOK, NOPAD, TMA, kds if PARTS > 1 else kd, vds if PARTS > 1 else vd, look, INSIDE)
+    return dq, dsum
+
+
+@triton.jit
+def _dq_keys(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
+             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr, BEFORE: tl.constexpr,
+             AFTER: tl.constexpr, LOOK: tl.constexpr, NOPAD: tl.constexpr, TMA: tl.constexpr, kd, vd, look,
+             INSIDE: tl.constexpr):
+    """`_dq_tile` over BLOCK_N keys from `start`."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
@@ -67,12 +86,13 @@ def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
-              TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False):
-    for n in range(n_lo, n_hi):
+              TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False,
+              SUB_N: tl.constexpr = 0, kds=None, vds=None):
+    for n in tl.range(n_lo, n_hi, num_stages=1 if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else None):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
-                            False, LOOK, NOPAD, TMA, kd, vd, look, INSIDE)
+                            False, LOOK, NOPAD, TMA, kd, vd, look, INSIDE, SUB_N, kds, vds)
     return dq, dsum
 
 
@@ -82,12 +102,13 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
-             TMA: tl.constexpr = False, kd=None, vd=None):
+             TMA: tl.constexpr = False, kd=None, vd=None, SUB_N: tl.constexpr = 0, kds=None, vds=None):
     """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
     look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd)
+                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd,
+                         SUB_N=SUB_N, kds=kds, vds=vds)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, TMA=TMA, kd=kd, vd=vd)
@@ -97,28 +118,32 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
                              window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd)
+                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds,
+                             vds=vds)
     elif diag == 2:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
                              window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, TMA=TMA, kd=kd, vd=vd)
+                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, TMA=TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds,
+                             vds=vds)
     elif diag == 1:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
                              window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, look=bits)
+                             DELTA_PASS, EVEN_D, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds,
+                             vds=vds)
     else:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
                              window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, TMA=TMA, kd=kd, vd=vd, look=bits)
+                             DELTA_PASS, EVEN_D, TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds,
+                             vds=vds)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
     while n < n_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D,
-                            False, True, TMA=TMA, kd=kd, vd=vd, look=bits)
+                            False, True, TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds, vds=vds)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return dq, dsum
 
@@ -130,11 +155,11 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       LQ_BUCKET, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
-                      HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False):
+                      HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False, MASKED_N: tl.constexpr = 0):
     """dQ for one block of query rows. DQ is contiguous [B, Hq, Lq, D]; DO has strides sd*; LSE2, LINV and
     DELTA rows of a head lie `srs` apart (`triton_ops._row_stats`).
     HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
-    TMA: K and V tiles through tensor descriptors (see `_dq_tile`)."""
+    TMA: K and V tiles through tensor descriptors (see `_dq_tile`). MASKED_N: as in `mma_fwd_kernel`."""
     (pid_bh, b, h, hk, row_start, rows, row_ok, meta_b, pad_b, q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo,
      q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi) = _query_block(META, PADCUM, WIN, smb, smf, spb, swb, swf, Hq, Lq, Lk,
                                                                GROUP, window, QPOS, BLOCK_M, BLOCK_N, HAS_GROUPS,
@@ -163,6 +188,13 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     USE_TMA: tl.constexpr = TMA * (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64 or TMA == 2)
     kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, USE_TMA)
     vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, USE_TMA)
+    SUB_N: tl.constexpr = MASKED_N if MASKED_N > 0 and MASKED_N < BLOCK_N else BLOCK_N
+    if SUB_N < BLOCK_N:
+        kds = _head_slice(k_base, Lk, D, skn, SUB_N, BLOCK_D, USE_TMA)
+        vds = _head_slice(v_base, Lk, D, svn, SUB_N, BLOCK_D, USE_TMA)
+    else:
+        kds = kd
+        vds = vd
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dsum = tl.zeros([BLOCK_M], tl.float32)
@@ -173,12 +205,12 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                            True, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd)
+                            True, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds, vds=vds)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * srs + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                        False, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd)
+                        False, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds, vds=vds)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)

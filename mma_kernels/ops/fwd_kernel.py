@@ -16,7 +16,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
               NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None, look=0,
-              INSIDE: tl.constexpr = False):
+              INSIDE: tl.constexpr = False, SUB_N: tl.constexpr = 0, kds=None, vds=None):
     """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
     look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing; NOPAD:
     no padding among the keys, INSIDE: every row's document starts at or before them, see `_diagonal_kind`);
@@ -24,7 +24,28 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     `_allowed`. `look`: `_look_bits` of the block. TMA (`triton_ops._tma_level`): K and V
     tiles come through the tensor descriptors kd / vd (`_head_slice`), except, at level 1, V in masked tiles
     that may hold padding keys, which a masked pointer load reads as 0 (zeroing a descriptor-loaded tile would
-    take it out of shared memory); at level 2 the mask has no padding and those read through vd as well."""
+    take it out of shared memory); at level 2 the mask has no padding and those read through vd as well.
+    SUB_N (0: BLOCK_N): a masked tile wider than SUB_N runs as BLOCK_N // SUB_N tiles of SUB_N keys, through the
+    descriptors kds / vds of that width (`triton_ops.MASKED_N`): the rule's per-key fields and the -inf scores
+    of a 128-wide tile do not fit in registers beside the plain loop's; a plain tile runs at its full width."""
+    PARTS: tl.constexpr = BLOCK_N // SUB_N if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else 1
+    W: tl.constexpr = BLOCK_N // PARTS
+    for j in tl.static_range(PARTS):
+        acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
+                                  q_grp, q_gbits, q_lo, q_hi, start + j * W, Lk, D, qk_scale, window, W, BLOCK_D, MASKED,
+                                  DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, AFTER, LOOK, NOPAD, TMA,
+                                  kds if PARTS > 1 else kd, vds if PARTS > 1 else vd, look, INSIDE)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_keys(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
+              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
+              BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr, NOPAD: tl.constexpr, TMA: tl.constexpr,
+              kd, vd, look, INSIDE: tl.constexpr):
+    """`_fwd_tile` over BLOCK_N keys from `start`."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     if MASKED:
@@ -69,12 +90,13 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
                TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False,
-               UNROLL: tl.constexpr = PLAIN_UNROLL):
-    for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else UNROLL):
+               UNROLL: tl.constexpr = PLAIN_UNROLL, SUB_N: tl.constexpr = 0, kds=None, vds=None):
+    for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else UNROLL,
+                      num_stages=1 if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else None):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,
-                                  NOPAD, TMA, kd, vd, look, INSIDE)
+                                  NOPAD, TMA, kd, vd, look, INSIDE, SUB_N, kds, vds)
     return acc, l_i, m_i
 
 
@@ -83,7 +105,7 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                     UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
-                    TMA: tl.constexpr = False, kd=None, vd=None):
+                    TMA: tl.constexpr = False, kd=None, vd=None, SUB_N: tl.constexpr = 0, kds=None, vds=None):
     """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
@@ -91,7 +113,7 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True,
-                                  TMA=TMA, kd=kd, vd=vd, look=bits)
+                                  TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds, vds=vds)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 
@@ -102,7 +124,8 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
                    n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, s_lo, s_hi, s_alo, s_ahi, Lk, D, qk_scale, window,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
                    HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-                   TMA: tl.constexpr = False, kd=None, vd=None, DECODE: tl.constexpr = False):
+                   TMA: tl.constexpr = False, kd=None, vd=None, DECODE: tl.constexpr = False, SUB_N: tl.constexpr = 0,
+                   kds=None, vds=None):
     """A row block's four loops (`_lookahead_split`), each cut to [s_lo, s_hi) (the causal blocks [n_lo, c_hi))
     or [s_alo, s_ahi) (the look-ahead blocks [a_lo, n_hi)): the whole row block in the prefill, one split of it
     in decode (`decode_kernels`). Masked [n_lo, f_lo) (keys at or before every row), plain [f_lo, f_hi),
@@ -113,12 +136,13 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(n_lo, s_lo),
                                tl.minimum(f_lo, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, True, DOT_PREC,
-                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd)
+                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd,
+                               SUB_N=SUB_N, kds=kds, vds=vds)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(f_lo, s_lo),
                                tl.minimum(f_hi, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, False, DOT_PREC,
                                UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA=TMA, kd=kd, vd=vd,
-                               UNROLL=1 if DECODE else PLAIN_UNROLL)
+                               UNROLL=1 if DECODE or BLOCK_N * BLOCK_D > 64 * 128 else PLAIN_UNROLL)
     look = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     diag = _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW or DECODE)
     d_lo = tl.maximum(f_hi, s_lo)
@@ -127,26 +151,30 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd)
+                                   LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd,
+                                   SUB_N=SUB_N, kds=kds, vds=vds)
     elif diag == 2:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   LOOK=False, NOPAD=True, TMA=TMA, kd=kd, vd=vd)
+                                   LOOK=False, NOPAD=True, TMA=TMA, kd=kd, vd=vd,
+                                   SUB_N=SUB_N, kds=kds, vds=vds)
     elif diag == 1:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, look=look)
+                                   NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, look=look,
+                                   SUB_N=SUB_N, kds=kds, vds=vds)
     else:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
                                    window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   TMA=TMA, kd=kd, vd=vd, look=look)
+                                   TMA=TMA, kd=kd, vd=vd, look=look,
+                                   SUB_N=SUB_N, kds=kds, vds=vds)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, s_alo, s_ahi, Lk, D,
                                     qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                    TMA=TMA, kd=kd, vd=vd)
+                                    TMA=TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds, vds=vds)
     return acc, l_i, m_i
 
 
@@ -157,9 +185,10 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                    UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                    SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr, EVEN_D: tl.constexpr = False, QPOS=None,
-                   HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False):
+                   HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False, MASKED_N: tl.constexpr = 0):
     """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
-    TMA: 0, 1 or 2 (`triton_ops._tma_level`): K and V tiles through tensor descriptors (sm_90's copy engine)."""
+    TMA: 0, 1 or 2 (`triton_ops._tma_level`): K and V tiles through tensor descriptors (sm_90's copy engine).
+    MASKED_N (0: no limit): the widest masked tile; wider key tiles run their masked ones in parts (`_fwd_tile`)."""
     (pid_bh, b, h, hk, row_start, rows, row_ok, meta_b, pad_b, q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo,
      q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi) = _query_block(META, PADCUM, WIN, smb, smf, spb, swb, swf, Hq, Lq, Lk,
                                                                GROUP, window, QPOS, BLOCK_M, BLOCK_N, HAS_GROUPS,
@@ -174,6 +203,13 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, TMA)
     vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, TMA)
+    SUB_N: tl.constexpr = MASKED_N if MASKED_N > 0 and MASKED_N < BLOCK_N else BLOCK_N
+    if SUB_N < BLOCK_N:
+        kds = _head_slice(k_base, Lk, D, skn, SUB_N, BLOCK_D, TMA)
+        vds = _head_slice(v_base, Lk, D, svn, SUB_N, BLOCK_D, TMA)
+    else:
+        kds = kd
+        vds = vd
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -181,7 +217,8 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     acc, l_i, m_i = _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
                                    n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, n_lo, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
-                                   BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA, kd, vd)
+                                   BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA, kd, vd,
+                                   SUB_N=SUB_N, kds=kds, vds=vds)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

@@ -83,6 +83,12 @@ DKDV_SHARE_BYTES = 256 << 20
 #   "off"  pointer loads everywhere.
 TMA = "auto"
 
+# The widest masked key tile of the forward and dQ kernels (0: no limit). A wider key tile (128x128) runs each
+# masked tile as parts of this many keys, not software-pipelined (`fwd_kernel._fwd_tile`, `dq_kernel._dq_tile`):
+# whole 128-key masked tiles spill on sm_90 (the rule's per-key fields), and pipelined parts would take a second
+# set of stage buffers beside the plain loop's (benchmarks/results/static/CHANGES.md, "128-wide key tiles").
+MASKED_N = 64
+
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 
@@ -95,12 +101,12 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 # instructions per score of the wgmma tiles (benchmarks/results/static/CHANGES.md, "dK/dV spills"). The
 # forward lists no 64x64 tile: with the causal diagonal loop it spills at head dims 96 and 128 (w8 s2:
 # 168-172 B; w4 s2 104 B and w4 s1 112 B before that loop; w8 s1 has no cp.async; CHANGES.md, "Masked
-# tiles"). 128-wide key tiles are not listed: the forward's 128x128 (2 or 3 stages) spills at head dim 64 and
-# 128 (benchmarks/results/static/perf/sm90_5_4_after_*), with K/V through TMA descriptors too (issue 19:
-# 596 B at D=64, 916 B at D=128 with 2 stages; benchmarks/results/static/tma_sm90.md).
+# tiles"). 128-wide key tiles (forward and dQ 128x128, masked tiles in MASKED_N parts) only up to a head-dim
+# block of 64 (`_prune`): above it they spill (bf16 D=128: forward 64 B, dQ 248 B; CHANGES.md, "128-wide key
+# tiles").
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    "fwd": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2)],
-    "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+    "fwd": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2), (128, 128, 8, 2)],
+    "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (128, 128, 8, 2)],
     "dkdv": [(32, 128, 8, 2), (32, 64, 8, 2)],
 }
 
@@ -110,9 +116,10 @@ def _configs(kind: str):
 
 
 def _prune(configs, named_args, **kwargs):
-    """For wide heads (head-dim block > 128) only tiles up to 64x64, whose register/shared footprint can fit."""
+    """Tiles whose register/shared footprint fits the head-dim block: 128x128 up to 64, 128x64 up to 128, 64x64
+    above (wide heads)."""
     bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 128))
-    limit = 128 * 64 if bd <= 128 else 64 * 64
+    limit = 128 * 128 if bd <= 64 else 128 * 64 if bd <= 128 else 64 * 64
     keep = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit]
     return keep or configs[-1:]
 
@@ -273,7 +280,7 @@ def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), *mstrides,
             Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, window or 0, int(math.log2(Lq)))
-    _launch("fwd", Lq, B * Hq, args, **meta, TMA=_tma_level(mask, k, v))
+    _launch("fwd", Lq, B * Hq, args, **meta, TMA=_tma_level(mask, k, v), MASKED_N=MASKED_N)
     if keep32:  # the stats slot carries the fp32 output for the backward's delta
         return o.to(q.dtype), lse, o
     return o, lse, stats
@@ -332,7 +339,7 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
     _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
                                Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta,
-            TMA=_tma_level(mask, k, v))
+            TMA=_tma_level(mask, k, v), MASKED_N=MASKED_N)
     args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single, Lk - Lq)
     if not split:
         _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
