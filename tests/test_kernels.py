@@ -126,14 +126,15 @@ def test_uneven_tile_shapes(monkeypatch, layout, blocks):
 
 
 @pytest.mark.parametrize("layout, blocks, Lq, tma", [
-    ("packed", (32, 64), 97, "auto"),       # four parts, descriptors (level 2: no padding)
-    ("left_pad", (32, 64), 33, "auto"),     # padding: level 1 (V of masked parts through pointers), Lq < Lk
-    ("three_modal", (16, 32), 97, "auto"),  # two parts, a non-uniform policy (the general rule)
+    ("packed", (32, 64), 97, "auto"),       # 16-key masked tiles in 64-key ones, descriptors (level 2)
+    ("left_pad", (32, 64), 33, "auto"),     # padding: level 1 (V of masked tiles through pointers), Lq < Lk
+    ("three_modal", (16, 32), 97, "auto"),  # 16 in 32, a non-uniform policy (the general rule)
     ("multi_turn", (16, 32), 33, "off"),    # pointer loads
 ])
-def test_masked_tiles_in_parts(monkeypatch, layout, blocks, Lq, tma):
-    """Key tiles wider than MASKED_N (the GPU's 128x128) run each masked tile as MASKED_N-key parts, through
-    descriptors of that width (TMA level 2 without padding, 1 with it) or pointer loads; plain tiles whole."""
+def test_masked_loops_narrower_than_the_key_tile(monkeypatch, layout, blocks, Lq, tma):
+    """Key tiles wider than MASKED_N (the GPU's 128x128): the masked loops walk the same keys in MASKED_N-key
+    tiles, through descriptors of that width (TMA level 2 without padding, 1 with it) or pointer loads, the
+    look-ahead loop hopping at that width; plain tiles run whole."""
     monkeypatch.setattr(triton_ops, "INTERPRET_BLOCKS", {"fwd": blocks, "dq": blocks, "dkdv": blocks[::-1]})
     masked_n = 16
     monkeypatch.setattr(triton_ops, "MASKED_N", masked_n)
@@ -153,14 +154,19 @@ def test_masked_tiles_in_parts(monkeypatch, layout, blocks, Lq, tma):
         assert {m["TMA"] for m in metas} == ({0} if tma == "off" else {1 if padded else 2})
 
 
-@pytest.mark.parametrize("block_d, widest", [(64, 128 * 128), (128, 128 * 64), (256, 64 * 64)])
-def test_autotune_prune_keeps_tiles_that_fit(block_d, widest):
-    """128x128 forward / dQ tiles only up to a head-dim block of 64 (spill-free there on sm_90), 128x64 up to
-    128, 64x64 above (benchmarks/results/static/)."""
-    for kind in ("fwd", "dq"):
-        kept = triton_ops._prune(triton_ops._configs(kind), {"BLOCK_D": block_d})
-        sizes = [c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in kept]
-        assert max(sizes) == widest and all(s <= widest for s in sizes)
+@pytest.mark.parametrize("kind, dtype, block_d, widest", [
+    ("fwd", torch.bfloat16, 64, 128 * 128), ("fwd", torch.float16, 128, 128 * 128), ("fwd", torch.float32, 64, 128 * 64),
+    ("fwd", torch.bfloat16, 256, 64 * 64), ("dq", torch.bfloat16, 64, 128 * 128), ("dq", torch.bfloat16, 128, 128 * 64),
+    ("dq", torch.float32, 64, 128 * 64), ("dq", torch.float16, 256, 64 * 64), ("dkdv", torch.bfloat16, 128, 32 * 128),
+    ("dkdv", torch.bfloat16, 256, 32 * 128)])
+def test_autotune_prune_keeps_tiles_that_fit(kind, dtype, block_d, widest):
+    """128x128 tiles for 16-bit inputs only, the forward's up to a head-dim block of 128, dQ's up to 64 (spill-free
+    there on sm_90: benchmarks/results/static/sm90.md); 128x64 otherwise; 64x64 above 128."""
+    q = torch.empty(1, 1, 1, block_d, dtype=dtype, device="meta")
+    kept = triton_ops._prune(kind, triton_ops._configs(kind), {"BLOCK_D": block_d, "Q": q})
+    sizes = [c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in kept]
+    assert max(sizes) == widest and all(s <= widest for s in sizes)
+    assert [c for c in triton_ops._configs(kind) if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= widest] == kept
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

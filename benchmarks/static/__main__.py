@@ -101,8 +101,13 @@ def compile_variant(kind, dtype, head_dim, launch, key, in_autotune, arch, mask_
     plain = [lp["instructions"] for lp in rec["loops"] if lp["kind"] == "plain"]
     masked = [lp["instructions"] for lp in rec["loops"] if lp["kind"] == "masked"]
     tile = bm * bn / (128 * 64)
+    # a key tile wider than MASKED_N walks its masked loops in MASKED_N-key tiles (`triton_ops.MASKED_N`): their
+    # counts are per such tile, and the ratio scales them to the plain tile's keys
+    mn = launch.meta.get("MASKED_N") or 0
+    rec["masked_block_n"] = min(bn, mn) if kind != "dkdv" and mn else bn
     rec["plain_per_128x64"] = round(min(plain) / tile) if plain else None
-    rec["masked_over_plain"] = round(max(masked) / min(plain), 2) if plain and masked else None
+    rec["masked_over_plain"] = (round(max(masked) * bn / rec["masked_block_n"] / min(plain), 2)
+                                if plain and masked else None)
     return rec
 
 
@@ -131,6 +136,8 @@ def markdown(records: List[Dict], header: Dict) -> str:
              "(one tile) of each loop, in the order ptxas lays them out, a masked loop named by the rule form it "
              "evaluates (`# rule:` marks in `mma_kernels/ops/mask_rules.py`) (an unrolled loop: per tile, its body over the tiles it holds, "
              "with its remainder loop folded in: `sass.merge_unrolled`); `/128x64`: the plain loop scaled to a 128x64 tile. "
+             "A 128-wide key tile's masked loops run 64-key tiles (`triton_ops.MASKED_N`): their counts are per 64 "
+             "keys, and `masked/plain` (the dearest masked loop over the plain loop) compares them per key. "
              "`spill B`: bytes of local-memory stores/loads (STL/LDL) in the whole kernel; `spill instr`: the STL + LDL "
              "instructions in each loop's own body (code order, inner loops excluded) and outside every loop. "
              "`CTAs/SM`: resident blocks per SM from registers, shared memory and warps.", "",

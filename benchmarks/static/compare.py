@@ -41,8 +41,11 @@ def per_goal_tile(r: Dict) -> float:
 
 
 def worst_masked_ratio(r: Dict) -> float:
+    """The dearest masked loop over the plain loop, per key: masked loops of a 128-wide key tile run
+    `masked_block_n`-key tiles (`triton_ops.MASKED_N`)."""
     plain, masked = _loops(r, "plain"), _loops(r, "masked")
-    return max(masked) / plain[0] if plain and masked else float("nan")
+    widen = r["block_n"] / r.get("masked_block_n", r["block_n"])
+    return max(masked) * widen / plain[0] if plain and masked else float("nan")
 
 
 def row(b: Dict, a: Dict) -> str:

@@ -15,29 +15,10 @@ def _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
              BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
              NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None, look=0,
-             INSIDE: tl.constexpr = False, SUB_N: tl.constexpr = 0, kds=None, vds=None):
+             INSIDE: tl.constexpr = False):
     """One key tile: dq += dS @ K; with DELTA_PASS, only dsum += rowsum(P * dP). Masked tiles as in `_fwd_tile`;
     TMA as there: K and V through the descriptors kd / vd, except (level 1) in masked tiles that may hold
-    padding keys. SUB_N, kds, vds: a masked tile wider than SUB_N in parts, as `_fwd_tile` runs it."""
-    PARTS: tl.constexpr = BLOCK_N // SUB_N if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else 1
-    W: tl.constexpr = BLOCK_N // PARTS
-    for j in tl.static_range(PARTS):
-        dq, dsum = _dq_keys(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc,
-                            q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start + j * W, Lk, D, qk_scale, window, W, BLOCK_D,
-                            MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
-                            AFTER, LOOK, NOPAD, TMA, kds if PARTS > 1 else kd, vds if PARTS > 1 else vd, look, INSIDE)
-    return dq, dsum
-
-
-@triton.jit
-def _dq_keys(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
-             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-             UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-             SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr, BEFORE: tl.constexpr,
-             AFTER: tl.constexpr, LOOK: tl.constexpr, NOPAD: tl.constexpr, TMA: tl.constexpr, kd, vd, look,
-             INSIDE: tl.constexpr):
-    """`_dq_tile` over BLOCK_N keys from `start`."""
+    padding keys."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     k_ptrs = k_base + tl.cast(start, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :]
@@ -86,13 +67,12 @@ def _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
-              TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False,
-              SUB_N: tl.constexpr = 0, kds=None, vds=None):
-    for n in tl.range(n_lo, n_hi, num_stages=1 if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else None):
+              TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False):
+    for n in range(n_lo, n_hi):
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                             BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, BEFORE,
-                            False, LOOK, NOPAD, TMA, kd, vd, look, INSIDE, SUB_N, kds, vds)
+                            False, LOOK, NOPAD, TMA, kd, vd, look, INSIDE)
     return dq, dsum
 
 
@@ -104,11 +84,24 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
              SPLIT_STATS: tl.constexpr, DELTA_PASS: tl.constexpr, EVEN_D: tl.constexpr = False,
              TMA: tl.constexpr = False, kd=None, vd=None, SUB_N: tl.constexpr = 0, kds=None, vds=None):
     """Every tile of the row block: masked [n_lo, f_lo), plain [f_lo, f_hi), masked [f_hi, c_hi), then the
-    look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does."""
+    look-ahead tiles from a_lo, hopping as `_fwd_look_tiles` does. SUB_N, kds, vds: the masked loops in tiles of
+    SUB_N keys, as `_fwd_row_block` runs them."""
+    R: tl.constexpr = BLOCK_N // SUB_N if SUB_N > 0 and SUB_N < BLOCK_N else 1
+    MN: tl.constexpr = BLOCK_N // R
+    a_hi = n_hi * R
+    d_hi = c_hi * R
+    if R > 1:  # narrower tiles past the last key hold nothing, and the look-ahead hop needs them cut off
+        km = kds
+        vm = vds
+        a_hi = tl.minimum(a_hi, tl.cdiv(Lk, MN))
+        d_hi = tl.minimum(d_hi, tl.cdiv(Lk, MN))
+    else:
+        km = kd
+        vm = vd
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, Lk, D, qk_scale, window,
-                         BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd,
-                         SUB_N=SUB_N, kds=kds, vds=vds)
+                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo * R, f_lo * R, Lk, D, qk_scale,
+                         window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,
+                         EVEN_D, not HAS_WINDOW, TMA=TMA, kd=km, vd=vm)
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_lo, f_hi, Lk, D, qk_scale, window,
                          BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D, TMA=TMA, kd=kd, vd=vd)
@@ -116,35 +109,31 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     diag = _diagonal_kind(pad_b, q_doc, q_lo, bits, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW)
     if diag == 3:  # the diagonal tiles, by rule as in the forward (`_fwd_row_block`)
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                             window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds,
-                             vds=vds)
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi * R, d_hi, Lk, D,
+                             qk_scale, window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=km, vd=vm)
     elif diag == 2:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                             window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, TMA=TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds,
-                             vds=vds)
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi * R, d_hi, Lk, D,
+                             qk_scale, window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                             DELTA_PASS, EVEN_D, LOOK=False, NOPAD=True, TMA=TMA, kd=km, vd=vm)
     elif diag == 1:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                             window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds,
-                             vds=vds)
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi * R, d_hi, Lk, D,
+                             qk_scale, window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                             DELTA_PASS, EVEN_D, NOPAD=True, INSIDE=True, TMA=TMA, kd=km, vd=vm, look=bits)
     else:
         dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi, c_hi, Lk, D, qk_scale,
-                             window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                             DELTA_PASS, EVEN_D, TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds,
-                             vds=vds)
-    n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
-    while n < n_hi:
+                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, f_hi * R, d_hi, Lk, D,
+                             qk_scale, window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                             DELTA_PASS, EVEN_D, TMA=TMA, kd=km, vd=vm, look=bits)
+    n = _next_look_block(meta_b, smf, a_lo * R, a_hi, bits, MN)
+    while n < a_hi:
         dq, dsum = _dq_tile(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
-                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
-                            BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D,
-                            False, True, TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds, vds=vds)
-        n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
+                            q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * MN, Lk, D, qk_scale, window,
+                            MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS, EVEN_D,
+                            False, True, TMA=TMA, kd=km, vd=vm, look=bits)
+        n = _next_look_block(meta_b, smf, n + 1, a_hi, bits, MN)
     return dq, dsum
 
 

@@ -16,7 +16,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
               UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, AFTER: tl.constexpr = False, LOOK: tl.constexpr = True,
               NOPAD: tl.constexpr = False, TMA: tl.constexpr = False, kd=None, vd=None, look=0,
-              INSIDE: tl.constexpr = False, SUB_N: tl.constexpr = 0, kds=None, vds=None):
+              INSIDE: tl.constexpr = False):
     """One key tile. Masked tiles: BEFORE (keys at or before every row), AFTER (keys after every row: the
     look-ahead tiles), else the diagonal ones (LOOK=False: of a row block that looks ahead at nothing; NOPAD:
     no padding among the keys, INSIDE: every row's document starts at or before them, see `_diagonal_kind`);
@@ -24,28 +24,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
     `_allowed`. `look`: `_look_bits` of the block. TMA (`triton_ops._tma_level`): K and V
     tiles come through the tensor descriptors kd / vd (`_head_slice`), except, at level 1, V in masked tiles
     that may hold padding keys, which a masked pointer load reads as 0 (zeroing a descriptor-loaded tile would
-    take it out of shared memory); at level 2 the mask has no padding and those read through vd as well.
-    SUB_N (0: BLOCK_N): a masked tile wider than SUB_N runs as BLOCK_N // SUB_N tiles of SUB_N keys, through the
-    descriptors kds / vds of that width (`triton_ops.MASKED_N`): the rule's per-key fields and the -inf scores
-    of a 128-wide tile do not fit in registers beside the plain loop's; a plain tile runs at its full width."""
-    PARTS: tl.constexpr = BLOCK_N // SUB_N if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else 1
-    W: tl.constexpr = BLOCK_N // PARTS
-    for j in tl.static_range(PARTS):
-        acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, q_pos, q_doc, q_seg, q_bits,
-                                  q_grp, q_gbits, q_lo, q_hi, start + j * W, Lk, D, qk_scale, window, W, BLOCK_D, MASKED,
-                                  DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, AFTER, LOOK, NOPAD, TMA,
-                                  kds if PARTS > 1 else kd, vds if PARTS > 1 else vd, look, INSIDE)
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _fwd_keys(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-              q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, start, Lk, D, qk_scale, window,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-              UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr,
-              BEFORE: tl.constexpr, AFTER: tl.constexpr, LOOK: tl.constexpr, NOPAD: tl.constexpr, TMA: tl.constexpr,
-              kd, vd, look, INSIDE: tl.constexpr):
-    """`_fwd_tile` over BLOCK_N keys from `start`."""
+    take it out of shared memory); at level 2 the mask has no padding and those read through vd as well."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     if MASKED:
@@ -90,13 +69,12 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
               BEFORE: tl.constexpr = False, LOOK: tl.constexpr = True, NOPAD: tl.constexpr = False,
                TMA: tl.constexpr = False, kd=None, vd=None, look=0, INSIDE: tl.constexpr = False,
-               UNROLL: tl.constexpr = PLAIN_UNROLL, SUB_N: tl.constexpr = 0, kds=None, vds=None):
-    for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else UNROLL,
-                      num_stages=1 if MASKED and SUB_N > 0 and SUB_N < BLOCK_N else None):
+               UNROLL: tl.constexpr = PLAIN_UNROLL):
+    for n in tl.range(n_lo, n_hi, loop_unroll_factor=1 if MASKED else UNROLL):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, MASKED, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, BEFORE, False, LOOK,
-                                  NOPAD, TMA, kd, vd, look, INSIDE, SUB_N, kds, vds)
+                                  NOPAD, TMA, kd, vd, look, INSIDE)
     return acc, l_i, m_i
 
 
@@ -105,7 +83,7 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                     q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                     UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_WINDOW: tl.constexpr, EVEN_D: tl.constexpr = False,
-                    TMA: tl.constexpr = False, kd=None, vd=None, SUB_N: tl.constexpr = 0, kds=None, vds=None):
+                    TMA: tl.constexpr = False, kd=None, vd=None):
     """The look-ahead tiles [a_lo, n_hi), hopping over runs of modalities no row looks ahead at."""
     bits = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     n = _next_look_block(meta_b, smf, a_lo, n_hi, bits, BLOCK_N)
@@ -113,7 +91,7 @@ def _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                   q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n * BLOCK_N, Lk, D, qk_scale, window,
                                   BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, False, True,
-                                  TMA=TMA, kd=kd, vd=vd, look=bits, SUB_N=SUB_N, kds=kds, vds=vds)
+                                  TMA=TMA, kd=kd, vd=vd, look=bits)
         n = _next_look_block(meta_b, smf, n + 1, n_hi, bits, BLOCK_N)
     return acc, l_i, m_i
 
@@ -132,12 +110,25 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
     diagonal [f_hi, c_hi) by the rule `_diagonal_kind` picks over the whole diagonal range (it holds on any
     part of it), look-ahead [a_lo, n_hi). DECODE (a split of the decode kernel: a few tiles per loop, on mma.sync
     tiles that spill with more code in flight) runs every diagonal tile with the full form (one loop, not four)
-    and the plain loop not unrolled."""
+    and the plain loop not unrolled. SUB_N (0: BLOCK_N), kds / vds: the masked loops walk the same keys in
+    tiles of SUB_N keys through descriptors of that width (`triton_ops.MASKED_N`): whole 128-key masked tiles
+    spill (each per-key field of the rule takes 32 registers per thread), and the plain loop keeps its width.
+    The plain loop is unrolled only while a key tile holds at most 64x128 elements (an unrolled loop holds two
+    tiles' stage buffers in shared memory)."""
+    R: tl.constexpr = BLOCK_N // SUB_N if SUB_N > 0 and SUB_N < BLOCK_N else 1
+    MN: tl.constexpr = BLOCK_N // R
+    a_hi = s_ahi * R
+    if R > 1:  # narrower tiles past the last key hold nothing, and the look-ahead hop needs them cut off
+        km = kds
+        vm = vds
+        a_hi = tl.minimum(a_hi, tl.cdiv(Lk, MN))
+    else:
+        km = kd
+        vm = vd
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(n_lo, s_lo),
-                               tl.minimum(f_lo, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, True, DOT_PREC,
-                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=kd, vd=vd,
-                               SUB_N=SUB_N, kds=kds, vds=vds)
+                               q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(n_lo, s_lo) * R,
+                               tl.minimum(f_lo, s_hi) * R, Lk, D, qk_scale, window, MN, BLOCK_D, True, DOT_PREC,
+                               UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, not HAS_WINDOW, TMA=TMA, kd=km, vd=vm)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(f_lo, s_lo),
                                tl.minimum(f_hi, s_hi), Lk, D, qk_scale, window, BLOCK_N, BLOCK_D, False, DOT_PREC,
@@ -145,36 +136,34 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
                                UNROLL=1 if DECODE or BLOCK_N * BLOCK_D > 64 * 128 else PLAIN_UNROLL)
     look = _look_bits(q_bits, q_gbits, HAS_GROUPS)
     diag = _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW or DECODE)
-    d_lo = tl.maximum(f_hi, s_lo)
-    d_hi = tl.minimum(c_hi, s_hi)
+    d_lo = tl.maximum(f_hi, s_lo) * R
+    d_hi = tl.minimum(c_hi, s_hi) * R
+    if R > 1:
+        d_hi = tl.minimum(d_hi, tl.cdiv(Lk, MN))
     if diag == 3:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd,
-                                   SUB_N=SUB_N, kds=kds, vds=vds)
+                                   window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   LOOK=False, NOPAD=True, INSIDE=True, TMA=TMA, kd=km, vd=vm)
     elif diag == 2:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   LOOK=False, NOPAD=True, TMA=TMA, kd=kd, vd=vd,
-                                   SUB_N=SUB_N, kds=kds, vds=vds)
+                                   window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   LOOK=False, NOPAD=True, TMA=TMA, kd=km, vd=vm)
     elif diag == 1:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   NOPAD=True, INSIDE=True, TMA=TMA, kd=kd, vd=vd, look=look,
-                                   SUB_N=SUB_N, kds=kds, vds=vds)
+                                   window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   NOPAD=True, INSIDE=True, TMA=TMA, kd=km, vd=vm, look=look)
     else:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
-                                   window, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                   TMA=TMA, kd=kd, vd=vd, look=look,
-                                   SUB_N=SUB_N, kds=kds, vds=vds)
+                                   window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                   TMA=TMA, kd=km, vd=vm, look=look)
     acc, l_i, m_i = _fwd_look_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
-                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, s_alo, s_ahi, Lk, D,
-                                    qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
-                                    TMA=TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds, vds=vds)
+                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, s_alo * R, a_hi, Lk, D,
+                                    qk_scale, window, MN, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D,
+                                    TMA=TMA, kd=km, vd=vm)
     return acc, l_i, m_i
 
 
@@ -188,7 +177,8 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = False, MASKED_N: tl.constexpr = 0):
     """HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing), not Lk - Lq + r.
     TMA: 0, 1 or 2 (`triton_ops._tma_level`): K and V tiles through tensor descriptors (sm_90's copy engine).
-    MASKED_N (0: no limit): the widest masked tile; wider key tiles run their masked ones in parts (`_fwd_tile`)."""
+    MASKED_N (0: no limit): the widest masked tile; wider key tiles run their masked loops narrower
+    (`_fwd_row_block`)."""
     (pid_bh, b, h, hk, row_start, rows, row_ok, meta_b, pad_b, q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo,
      q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi) = _query_block(META, PADCUM, WIN, smb, smf, spb, swb, swf, Hq, Lq, Lk,
                                                                GROUP, window, QPOS, BLOCK_M, BLOCK_N, HAS_GROUPS,

@@ -83,10 +83,10 @@ DKDV_SHARE_BYTES = 256 << 20
 #   "off"  pointer loads everywhere.
 TMA = "auto"
 
-# The widest masked key tile of the forward and dQ kernels (0: no limit). A wider key tile (128x128) runs each
-# masked tile as parts of this many keys, not software-pipelined (`fwd_kernel._fwd_tile`, `dq_kernel._dq_tile`):
-# whole 128-key masked tiles spill on sm_90 (the rule's per-key fields), and pipelined parts would take a second
-# set of stage buffers beside the plain loop's (benchmarks/results/static/CHANGES.md, "128-wide key tiles").
+# The widest masked key tile of the forward and dQ kernels (0: no limit). With a wider key tile (128x128) the
+# masked loops walk the same keys in tiles of this many (`fwd_kernel._fwd_row_block`, `dq_kernel._dq_pass`):
+# whole 128-key masked tiles spill on sm_90 (each per-key field of the rule takes 32 registers per thread), and
+# the plain loop keeps the full width (benchmarks/results/static/CHANGES.md, "128-wide key tiles").
 MASKED_N = 64
 
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
@@ -101,9 +101,8 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 # instructions per score of the wgmma tiles (benchmarks/results/static/CHANGES.md, "dK/dV spills"). The
 # forward lists no 64x64 tile: with the causal diagonal loop it spills at head dims 96 and 128 (w8 s2:
 # 168-172 B; w4 s2 104 B and w4 s1 112 B before that loop; w8 s1 has no cp.async; CHANGES.md, "Masked
-# tiles"). 128-wide key tiles (forward and dQ 128x128, masked tiles in MASKED_N parts) only up to a head-dim
-# block of 64 (`_prune`): above it they spill (bf16 D=128: forward 64 B, dQ 248 B; CHANGES.md, "128-wide key
-# tiles").
+# tiles"). 128-wide key tiles (masked loops in MASKED_N-key tiles) for 16-bit inputs: the forward's up to a
+# head-dim block of 128, dQ's up to 64 (`_WIDEST`; dQ's spills at 128: CHANGES.md, "128-wide key tiles").
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     "fwd": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2), (128, 128, 8, 2)],
     "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (128, 128, 8, 2)],
@@ -115,23 +114,36 @@ def _configs(kind: str):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in _CONFIGS[kind]]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Tiles whose register/shared footprint fits the head-dim block: 128x128 up to 64, 128x64 up to 128, 64x64
-    above (wide heads)."""
+# the widest tile (BLOCK_M * BLOCK_N) each kernel keeps, by head-dim block: (up to this block, widest tile)
+_WIDEST = {"fwd": ((128, 128 * 128), (1 << 30, 64 * 64)),
+           "dq": ((64, 128 * 128), (128, 128 * 64), (1 << 30, 64 * 64)),
+           "dkdv": ((128, 128 * 64), (1 << 30, 64 * 64))}
+
+
+def _prune(kind, configs, named_args, **kwargs):
+    """The tiles whose register / shared-memory footprint fits (`_WIDEST`): wide heads (a head-dim block over 128)
+    up to 64x64, and no 128x128 tile for fp32 inputs (twice the shared memory per tile)."""
     bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 128))
-    limit = 128 * 128 if bd <= 64 else 128 * 64 if bd <= 128 else 64 * 64
+    limit = next(area for top, area in _WIDEST[kind] if bd <= top)
+    q = named_args.get("Q")
+    if q is not None and q.element_size() > 2:
+        limit = min(limit, 128 * 64)
     keep = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit]
     return keep or configs[-1:]
 
 
+def _pruned(kind):
+    return {"early_config_prune": functools.partial(_prune, kind)}
+
+
 _KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EXACT_DELTA", "HAS_QPOS"]
 _tuned = {
-    "fwd": triton.autotune(_configs("fwd"), key=_KEY + ["TMA"], prune_configs_by={"early_config_prune": _prune})(tk.mma_fwd_kernel),
+    "fwd": triton.autotune(_configs("fwd"), key=_KEY + ["TMA"], prune_configs_by=_pruned("fwd"))(tk.mma_fwd_kernel),
     # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
-    "dq": triton.autotune(_configs("dq"), key=_KEY + ["TMA"], prune_configs_by={"early_config_prune": _prune},
+    "dq": triton.autotune(_configs("dq"), key=_KEY + ["TMA"], prune_configs_by=_pruned("dq"),
                           restore_value=["DELTA"])(tk.mma_bwd_dq_kernel),
     "dkdv": triton.autotune(_configs("dkdv"), key=_KEY + ["SPLIT_GROUP", "TMA"],
-                            prune_configs_by={"early_config_prune": _prune})(tk.mma_bwd_dkdv_kernel),
+                            prune_configs_by=_pruned("dkdv"))(tk.mma_bwd_dkdv_kernel),
 }
 _raw = {"fwd": tk.mma_fwd_kernel, "dq": tk.mma_bwd_dq_kernel, "dkdv": tk.mma_bwd_dkdv_kernel}
 
