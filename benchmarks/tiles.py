@@ -193,13 +193,24 @@ QUERY_LOOPS = ("before", "causal", "span-causal", "look", "span", "look-ahead")
 KEY_LOOPS = ("key-span", "before")
 
 
-def query_loop_counts(mask: MMAMask, Lq: int, BM: int, BN: int, split) -> Tuple[List[int], int]:
+def query_loop_counts(mask: MMAMask, Lq: int, BM: int, BN: int, split, masked_n: int = 0) -> Tuple[List[int], int]:
     """The forward's and dQ's tiles per masked loop (`QUERY_LOOPS`: the diagonal tiles [f_hi, c_hi) split by
-    `diagonal_kinds`), and plain tiles."""
-    n_lo, f_lo, f_hi, c_hi, _, _ = split
-    (before, diag, look), plain = loop_counts(n_lo, f_lo, f_hi, c_hi, look_tiles(mask, Lq, BM, BN, split))
+    `diagonal_kinds`), and plain tiles. `masked_n` < BN (`triton_ops.MASKED_N`): the masked loops walk the same
+    keys in tiles of that width, cut off at Lk, the look-ahead loop hopping at that width (`_fwd_row_block`):
+    their counts are of those narrower tiles."""
+    n_lo, f_lo, f_hi, c_hi, a_lo, n_hi = split
     kind = diagonal_kinds(mask, Lq, BM, BN, split)
-    per = (c_hi - f_hi).clamp(min=0)
+    if masked_n and masked_n < BN:
+        R, MN = BN // masked_n, masked_n
+        end = _cdiv(mask.seq_len, MN)
+        narrow = (n_lo * R, f_lo * R, f_hi * R, (c_hi * R).clamp(max=end), a_lo * R, (n_hi * R).clamp(max=end))
+        (before, diag, look), _ = loop_counts(narrow[0], narrow[1], narrow[2], narrow[3],
+                                              look_tiles(mask, Lq, BM, MN, narrow))
+        per = (narrow[3] - narrow[2]).clamp(min=0)
+        plain = int((f_hi - f_lo).clamp(min=0).sum())
+    else:
+        (before, diag, look), plain = loop_counts(n_lo, f_lo, f_hi, c_hi, look_tiles(mask, Lq, BM, BN, split))
+        per = (c_hi - f_hi).clamp(min=0)
     by = [int(per[kind == k].sum()) for k in (3, 2, 1, 0)]
     assert sum(by) == diag
     return [before] + by + [look], plain
@@ -301,6 +312,8 @@ def tile_shapes() -> Dict[str, List[Tuple[int, int]]]:
 
 def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
     """Records per kernel and tile shape, and the FlexAttention build ({} unless `flex_shape` is given)."""
+    from mma_kernels.ops import triton_ops
+
     mask = MMAMask(layout.modality_ids, layout.segment_ids, layout.document_ids)
     B = layout.modality_ids.shape[0]
     recs, minimum, flexed = [], {}, {}
@@ -316,9 +329,14 @@ def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
                 split = lookahead_split(mask, seqlen, BM, BN, query_side_ranges(mask, seqlen, BM, BN))
                 loops, plain = query_loop_counts(mask, seqlen, BM, BN, split)
             masked = sum(loops)
+            # a 128-wide key tile's masked loops run narrower tiles (`triton_ops.MASKED_N`): counted at that width
+            # for the cost model; `visited`, `masked` and the excess stay in tiles of BN keys
+            narrow = triton_ops.MASKED_N if kind != "dkdv" and 0 < triton_ops.MASKED_N < BN else BN
+            if narrow < BN:
+                loops, _ = query_loop_counts(mask, seqlen, BM, BN, split, narrow)
             mn = minimum[(BM, BN)]
             rec = dict(layout=layout.name, seqlen=seqlen, batch=B, kernel=kind, block_m=BM, block_n=BN,
-                       visited=masked + plain, plain=plain, masked=masked, masked_loops=loops,
+                       visited=masked + plain, plain=plain, masked=masked, masked_loops=loops, masked_block_n=narrow,
                        loop_rules=list(KEY_LOOPS if kind == "dkdv" else QUERY_LOOPS), minimum=mn,
                        excess_pct=round(100 * (masked + plain - mn) / mn, 2) if mn else None,
                        total_tiles=B * _cdiv(seqlen, BM) * _cdiv(seqlen, BN))

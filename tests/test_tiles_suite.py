@@ -106,11 +106,25 @@ def test_loop_counts_split_the_masked_tiles_per_loop_and_feed_the_cost_model():
     lay = bench_layout("aki", 1, 2048, seed=2)
     recs, _ = tiles.count_case(lay, 2048)
     assert {r["kernel"] for r in recs} == {"fwd", "dq", "dkdv"}
+    assert any(r["masked_block_n"] < r["block_n"] for r in recs)  # the 128x128 tiles' narrower masked loops
     for r in recs:
         names = tiles.KEY_LOOPS if r["kernel"] == "dkdv" else tiles.QUERY_LOOPS
         assert r["loop_rules"] == list(names) and len(r["masked_loops"]) == len(names)
-        assert sum(r["masked_loops"]) == r["masked"] and r["visited"] == r["masked"] + r["plain"]
+        assert r["visited"] == r["masked"] + r["plain"]
         assert r["masked_loops"][0] > 0 and r["masked_loops"][-1] > 0 and r["plain"] > 0
+        if r["masked_block_n"] == r["block_n"]:
+            assert sum(r["masked_loops"]) == r["masked"]
+            continue
+        # counted in tiles of masked_block_n keys: the same keys (cut at Lk) as the whole tiles, but the look-ahead
+        # loop hops at the narrower width and may skip a part
+        R, BM, BN = r["block_n"] // r["masked_block_n"], r["block_m"], r["block_n"]
+        mask = MMAMask(lay.modality_ids, lay.segment_ids, lay.document_ids)
+        split = tiles.lookahead_split(mask, 2048, BM, BN, tiles.query_side_ranges(mask, 2048, BM, BN))
+        whole, plain = tiles.query_loop_counts(mask, 2048, BM, BN, split)
+        assert plain == r["plain"] and sum(whole) == r["masked"]
+        assert r["masked_loops"][0] == R * whole[0]  # the tiles before the diagonal lie inside [0, Lk)
+        assert all(n <= R * w for n, w in zip(r["masked_loops"], whole)), (r["masked_loops"], whole)
+        assert sum(r["masked_loops"]) > r["masked"]
     fwd = next(r for r in recs if r["kernel"] == "fwd")
     counts = dict(zip(fwd["loop_rules"], fwd["masked_loops"]))
     assert counts["causal"] > 0 and counts["look"] > 0  # text rows' and image rows' diagonals both run

@@ -90,11 +90,10 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     MN: tl.constexpr = BLOCK_N // R
     a_hi = n_hi * R
     d_hi = c_hi * R
-    if R > 1:  # narrower tiles past the last key hold nothing, and the look-ahead hop needs them cut off
+    if R > 1:  # the look-ahead hop needs narrower tiles past the last key cut off (as in `_fwd_row_block`)
         km = kds
         vm = vds
         a_hi = tl.minimum(a_hi, tl.cdiv(Lk, MN))
-        d_hi = tl.minimum(d_hi, tl.cdiv(Lk, MN))
     else:
         km = kd
         vm = vd

@@ -118,7 +118,8 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
     R: tl.constexpr = BLOCK_N // SUB_N if SUB_N > 0 and SUB_N < BLOCK_N else 1
     MN: tl.constexpr = BLOCK_N // R
     a_hi = s_ahi * R
-    if R > 1:  # narrower tiles past the last key hold nothing, and the look-ahead hop needs them cut off
+    if R > 1:  # the look-ahead hop needs the narrower tiles past the last key cut off (MOD_NEXT is read at each
+        # tile's first key); the diagonal's past Lk hold no allowed pair and run the padding-aware form
         km = kds
         vm = vds
         a_hi = tl.minimum(a_hi, tl.cdiv(Lk, MN))
@@ -138,8 +139,6 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
     diag = _diagonal_kind(pad_b, q_doc, q_lo, look, f_hi, c_hi, Lk, BLOCK_N, HAS_GROUPS, HAS_WINDOW or DECODE)
     d_lo = tl.maximum(f_hi, s_lo) * R
     d_hi = tl.minimum(c_hi, s_hi) * R
-    if R > 1:
-        d_hi = tl.minimum(d_hi, tl.cdiv(Lk, MN))
     if diag == 3:
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, d_lo, d_hi, Lk, D, qk_scale,
