@@ -94,20 +94,22 @@ def markdown(rows: List[Dict], sheader: Dict, theader: Dict, dtype: str, head_di
            f"tile suite (commit `{theader.get('git_commit')}`, {theader.get('date')}).", "",
            "**Inferred, not measured**: instructions issued by the tile loops = plain loop x plain tiles + each "
            "masked loop x its tiles (static counts per iteration). `x all-plain`: that over the same visits run "
-           "as plain tiles; `/128x64`: per visited tile, scaled to a 128x64 tile. Masked loops by the rule form "
+           "as plain tiles; `instructions`: that total per head (compare tile shapes by it); `/128x64`: per "
+           "visited tile, scaled to a 128x64 tile. A 128-wide tile's masked tiles are counted and costed in "
+           "tiles of its masked loops' width (`masked_block_n`, `triton_ops.MASKED_N`). Masked loops by the rule form "
            "they evaluate, in the tile suite's order (`benchmarks.tiles.QUERY_LOOPS`: before, causal, "
            "span-causal, look, span, look-ahead; `KEY_LOOPS`: key-span, before), or in code order for records "
            "without names."
            + (f" `before`: `/128x64` from the static report `{before['header']['command']}` (commit "
               f"`{before['header']['git_commit']}`), and after / before." if before else ""), "",
            "| layout | L | kernel | tile | config | visited | masked share | plain loop | masked loops "
-           "| masked tiles | x all-plain | /128x64 |" + (" before | after / before |" if before else ""),
-           "|" + "---|" * (14 if before else 12)]
+           "| masked tiles | instructions | x all-plain | /128x64 |" + (" before | after / before |" if before else ""),
+           "|" + "---|" * (15 if before else 13)]
     for r in rows:
         line = (f"| {r['layout']} | {r['seqlen'] // 1024}K | {r['kernel']} | {r['tile']} | {r['config']} | "
                 f"{r['visited']} | {r['masked_share']} | {r['plain_loop']} | "
                 f"{'/'.join(map(str, r['masked_loops']))} | {'/'.join(map(str, r['masked_tiles']))} | "
-                f"{r['over_all_plain']} | {r['per_128x64']} |")
+                f"{r['instructions']:.0f} | {r['over_all_plain']} | {r['per_128x64']} |")
         if before:
             b = before["rows"].get((r["layout"], r["seqlen"], r["kernel"], r["tile"]))
             line += (f" {b['per_128x64']} | {r['per_128x64'] / b['per_128x64']:.3f} |" if b and b["per_128x64"]
