@@ -163,10 +163,11 @@ def test_autotune_prune_keeps_tiles_that_fit(kind, dtype, block_d, widest):
     """128x128 tiles for 16-bit inputs only, the forward's up to a head-dim block of 128, dQ's up to 64 (spill-free
     there on sm_90: benchmarks/results/static/sm90.md); 128x64 otherwise; 64x64 above 128."""
     q = torch.empty(1, 1, 1, block_d, dtype=dtype, device="meta")
-    kept = triton_ops._prune(kind, triton_ops._configs(kind), {"BLOCK_D": block_d, "Q": q})
-    sizes = [c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in kept]
-    assert max(sizes) == widest and all(s <= widest for s in sizes)
-    assert [c for c in triton_ops._configs(kind) if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= widest] == kept
+    for lq, most in ((4096, widest), (16, min(widest, 128 * 64))):  # a launch of <= 16 rows: no 128x128
+        kept = triton_ops._prune(kind, triton_ops._configs(kind), {"BLOCK_D": block_d, "Q": q, "Lq": lq})
+        sizes = [c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in kept]
+        assert max(sizes) == most and all(s <= most for s in sizes)
+        assert [c for c in triton_ops._configs(kind) if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= most] == kept
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -151,7 +151,7 @@ def run(arch: int, launch=LAUNCH, before: bool = True) -> List[Dict]:
     recs = []
     # before: the prefill forward with one query row, at each config of its autotune list
     (fwd,) = [s for s in capture(False, B, Hq, Hkv, D, Lk, Lq, launch["dtype"]) if s["kind"] == "fwd"]
-    named = dict(fwd["meta"], Q=fwd["args"][0])
+    named = dict(zip(tk.mma_fwd_kernel.arg_names, fwd["args"]), **fwd["meta"])
     kept = triton_ops._prune("fwd", triton_ops._configs("fwd"), named) if before else []  # as the autotuner prunes
     for bm, bn, w, s in [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]:
         programs = -(-Lq // bm) * B * Hq

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _head_slice, _load_rows, _load_some_rows, _mm
+from .tile_io import _cast, _kv_slices, _load_rows, _load_some_rows, _mm
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -174,15 +174,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     # at level 1, 128x64 tiles above a head-dim block of 64 keep pointer loads: with descriptors there (tried
     # in issue 19) they spilled a few bytes before the loops; at level 2 they do not spill
     USE_TMA: tl.constexpr = TMA * (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64 or TMA == 2)
-    kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, USE_TMA)
-    vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, USE_TMA)
-    SUB_N: tl.constexpr = MASKED_N if MASKED_N > 0 and MASKED_N < BLOCK_N else BLOCK_N
-    if SUB_N < BLOCK_N:
-        kds = _head_slice(k_base, Lk, D, skn, SUB_N, BLOCK_D, USE_TMA)
-        vds = _head_slice(v_base, Lk, D, svn, SUB_N, BLOCK_D, USE_TMA)
-    else:
-        kds = kd
-        vds = vd
+    kd, vd, kds, vds = _kv_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N, MASKED_N, BLOCK_D, USE_TMA)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dsum = tl.zeros([BLOCK_M], tl.float32)
@@ -193,12 +185,12 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
         dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                             q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                             qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                            True, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds, vds=vds)
+                            True, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd, SUB_N=MASKED_N, kds=kds, vds=vds)
         delta = delta + dsum  # DELTA came in holding -dlse (or 0)
         tl.store(DELTA + pid_bh.to(tl.int64) * srs + rows, delta, mask=row_ok)  # for the dK/dV kernel
     dq, dsum = _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf, pad_b,
                         q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, Lk, D,
                         qk_scale, window, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                        False, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd, SUB_N=SUB_N, kds=kds, vds=vds)
+                        False, EVEN_D, TMA=USE_TMA, kd=kd, vd=vd, SUB_N=MASKED_N, kds=kds, vds=vds)
     dq_base = DQ + pid_bh.to(tl.int64) * Lq * D + row_start.to(tl.int64) * D
     tl.store(dq_base + ridx * D + offs_d[None, :], _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=tile_ok)

@@ -4,7 +4,7 @@ look-ahead tiles. Scores are kept in base 2: ``qk_scale = scale * log2(e)``."""
 import triton
 import triton.language as tl
 
-from .tile_io import PLAIN_UNROLL, _cast, _head_slice, _mm, _row_tile
+from .tile_io import PLAIN_UNROLL, _cast, _kv_slices, _mm, _row_tile
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -190,15 +190,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=q_ok, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, TMA)
-    vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, TMA)
-    SUB_N: tl.constexpr = MASKED_N if MASKED_N > 0 and MASKED_N < BLOCK_N else BLOCK_N
-    if SUB_N < BLOCK_N:
-        kds = _head_slice(k_base, Lk, D, skn, SUB_N, BLOCK_D, TMA)
-        vds = _head_slice(v_base, Lk, D, svn, SUB_N, BLOCK_D, TMA)
-    else:
-        kds = kd
-        vds = vd
+    kd, vd, kds, vds = _kv_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N, MASKED_N, BLOCK_D, TMA)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -207,7 +199,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                                    q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi,
                                    n_lo, f_lo, f_hi, c_hi, a_lo, n_hi, n_lo, c_hi, a_lo, n_hi, Lk, D, qk_scale, window,
                                    BLOCK_N, BLOCK_D, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, EVEN_D, TMA, kd, vd,
-                                   SUB_N=SUB_N, kds=kds, vds=vds)
+                                   SUB_N=MASKED_N, kds=kds, vds=vds)
 
     row_valid = q_doc >= 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

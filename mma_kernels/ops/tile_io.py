@@ -80,3 +80,19 @@ def _head_slice(base, L, D, stride, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.conste
         return tl.make_tensor_descriptor(base, shape=[L, D], strides=[stride, 1], block_shape=[BLOCK_ROWS, BLOCK_D])
     else:
         return base
+
+
+@triton.jit
+def _kv_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               TMA: tl.constexpr):
+    """`_head_slice` of K and V for key tiles of BLOCK_N rows, and for the masked loops' narrower tiles of SUB_N
+    rows (`triton_ops.MASKED_N`; the same ones when SUB_N is 0 or not narrower): kd, vd, kds, vds."""
+    kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, TMA)
+    vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, TMA)
+    if SUB_N > 0 and SUB_N < BLOCK_N:
+        kds = _head_slice(k_base, Lk, D, skn, SUB_N, BLOCK_D, TMA)
+        vds = _head_slice(v_base, Lk, D, svn, SUB_N, BLOCK_D, TMA)
+    else:
+        kds = kd
+        vds = vd
+    return kd, vd, kds, vds
