@@ -124,7 +124,7 @@ def _prune(kind, configs, named_args, **kwargs):
     """The tiles whose register / shared-memory footprint fits (`_WIDEST`): wide heads (a head-dim block over 128)
     up to 64x64; no 128x128 tile for fp32 inputs (twice the shared memory per tile), nor for launches of at most
     16 query rows (one row block: nothing to gain; at Lq = 1, which the JIT specialises, the forward's spills
-    168 B: benchmarks/results/static/decode_sm90.md)."""
+    168 B: benchmarks/results/static/perf/decode_sm90_with_fwd128x128.md)."""
     bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 128))
     limit = next(area for top, area in _WIDEST[kind] if bd <= top)
     q = named_args.get("Q")
