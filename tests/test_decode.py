@@ -214,6 +214,16 @@ def test_plan():
         decode_ops.plan(1, 1, 1, 17, 20, 64, torch.device("cpu"))
 
 
+
+@pytest.mark.parametrize("rows, general, tile", [(16, False, (64, 4, 3)), (16, True, (64, 4, 3)),
+                                                 (32, False, (64, 8, 3)), (32, True, (32, 8, 3)),
+                                                 (64, True, (32, 8, 3))])
+def test_gpu_tile_general_rule(rows, general, tile):
+    """On a GPU, a launch with groups or a window (every tile runs the general rule) takes 32-key tiles at 32 or
+    64 packed rows: 64-key ones spilled on sm_90 (`python -m benchmarks.static.decode`, its VARIANTS)."""
+    assert decode_ops._gpu_tile(rows, 128, torch.bfloat16, general) == tile
+
+
 def test_benchmark_suite_degrades_on_cpu(tmp_path, capsys):
     """`python -m benchmarks --suite decode` without CUDA: the CPU path and SDPA are timed (and checked against
     each other), the Triton providers are reported skipped, and the run succeeds."""

@@ -78,26 +78,30 @@ def sm_count(device: torch.device) -> int:
     return NO_GPU_SMS
 
 
-def _gpu_tile(block_m: int, block_d: int, dtype) -> tuple:
+def _gpu_tile(block_m: int, block_d: int, dtype, general: bool = False) -> tuple:
     """(BLOCK_N, num_warps, num_stages) on a GPU, chosen spill-free on sm_90 for every packing of rows (16, 32,
     64) at head dims up to 128 in fp16/bf16 and fp32, and at head dim 256 in fp16/bf16 (`python -m
     benchmarks.static.decode`, its VARIANTS table; 4 warps spill at 32 or 64 rows, fp32 at wider key tiles or
     more rows, head dim 256 at 32 rows). fp32 at head dim 256 spills at every tile tried (1.1 KB). Since issue
     19's third round fp32 takes 16-key tiles at every head dim (32 keys spilled 40 B at head dim 64), and one
-    variant spills a little (`benchmarks/results/static/decode_sm90.md`): fp16 head dim 80 at 32 rows x 64 keys
-    with groups and a window (8 B)."""
+    variant spilled a little: fp16 head dim 80 at 32 rows x 64 keys with groups and a window (8 B,
+    `benchmarks/results/static/perf/decode_sm90_with_fwd128x128.md`). `general` (groups or a window: every tile
+    runs the kernel's general rule): 32-key tiles at 32 or 64 rows, spill-free in the VARIANTS table."""
     if dtype == torch.float32:  # 16 rows (MAX_PACKED_ROWS_FP32); above head dim 128 every tile tried spills
         return 16, 8, 3
     if block_d > 128:  # 16 rows (MAX_PACKED_ROWS_WIDE)
         return 32, 4, 2
+    if general and block_m >= 32:
+        return 32, 8, 3
     return (64, 8, 3) if block_m >= 32 else (64, 4, 3)
 
 
 def plan(B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, device: torch.device, window=None,
-         dtype=torch.bfloat16) -> Plan:
+         dtype=torch.bfloat16, general: bool = False) -> Plan:
     """Tile, packing and split count for one launch (host side, from shapes only; under a sliding window the
     keys a step sees are about ``window + Lq``, which bounds the useful splits: performance only, the kernel
-    cuts whatever range the mask gives into the splits it gets)."""
+    cuts whatever range the mask gives into the splits it gets). `general`: the launch has groups or a window
+    (`_gpu_tile`)."""
     if not 0 < Lq <= MAX_ROWS:
         raise ValueError(f"decode path: Lq must be in 1..{MAX_ROWS}, got {Lq}")
     group = Hq // Hkv
@@ -110,7 +114,7 @@ def plan(B: int, Hq: int, Hkv: int, Lq: int, Lk: int, D: int, device: torch.devi
     if interpreting():
         block_n, warps, stages = INTERPRET_BLOCK_N, 4, 1
     else:
-        block_n, warps, stages = _gpu_tile(block_m, block_d, dtype)
+        block_n, warps, stages = _gpu_tile(block_m, block_d, dtype, general)
     sms = sm_count(device)
     if NUM_SPLITS is not None:
         if int(NUM_SPLITS) < 1:
@@ -141,7 +145,7 @@ def decode_forward(q, k, v, mask, scale, win=None, window=None):
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, Lq, Lk, D, meta = _common(q, k, mask, win)
     meta.pop("EXACT_DELTA")
-    p = plan(B, Hq, Hkv, Lq, Lk, D, q.device, window, q.dtype)
+    p = plan(B, Hq, Hkv, Lq, Lk, D, q.device, window, q.dtype, meta["HAS_GROUPS"] or meta["HAS_WINDOW"])
     keep32 = q.dtype != torch.float32 and triton_ops.HALF_DELTA == "fp32_out"
     o = torch.empty((B, Hq, Lq, D), dtype=torch.float32 if keep32 else q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
