@@ -406,8 +406,19 @@ def plot(recs: List[Dict], path: str) -> None:
     plt.close(fig)
 
 
+def _layout(name: str, batch: int, L: int):
+    """A benchmark layout (`benchmarks.layouts`), or one of `benchmarks.sp_balance`'s single long documents:
+    ``video`` (64-frame videos with look-ahead questions) and ``causal``."""
+    from .layouts import Layout, make_layout
+
+    if name in ("video", "causal"):
+        from .sp_balance import layout_ids
+
+        return Layout(name, *layout_ids(name, L, batch))
+    return make_layout(name, batch, L, seed=0)
+
+
 def run(seqlens: List[int], layouts: List[str], out_dir: str, flex_upto: int = 16384, batch: int = 1) -> int:
-    from .layouts import make_layout
     from .records import environment
 
     os.makedirs(out_dir, exist_ok=True)
@@ -416,7 +427,7 @@ def run(seqlens: List[int], layouts: List[str], out_dir: str, flex_upto: int = 1
     t0 = time.time()
     for L in seqlens:
         for name in layouts:
-            lay = make_layout(name, batch, L, seed=0)
+            lay = _layout(name, batch, L)
             t = time.time()
             rs, flex_build = count_case(lay, L, FLEX_SHAPE if L <= flex_upto else None)
             builds.append(dict(env, **build_times(lay), **flex_build))

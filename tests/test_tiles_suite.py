@@ -173,3 +173,15 @@ def test_diagonal_kinds_replica_matches_the_kernels(seed):
     split = tiles.lookahead_split(mask, Lq, BM, BN, tiles.query_side_ranges(mask, Lq, BM, BN))
     want = tiles.diagonal_kinds(mask, Lq, BM, BN, split)
     assert torch.equal(out.long(), want), (out, want)
+
+
+def test_long_document_layouts():
+    """`--layouts video,causal` (`benchmarks.sp_balance`'s single long documents) run in the tile suite: mostly
+    plain tiles, where the 128-wide key tile halves the visits (the cost model's case for it)."""
+    lay = tiles._layout("video", 1, 4096)
+    assert lay.name == "video" and int(lay.document_ids.max()) == 0 and bool((lay.modality_ids == 1).any())
+    recs, _ = tiles.count_case(lay, 4096)
+    fwd = {(r["block_m"], r["block_n"]): r for r in recs if r["kernel"] == "fwd"}
+    wide, narrow = fwd[128, 128], fwd[128, 64]
+    assert wide["plain"] > 0.8 * wide["visited"] and wide["masked_block_n"] == 64
+    assert 2 * wide["visited"] <= narrow["visited"] + 2 * (4096 // 128)  # coarser tiles: half, up to the diagonal
