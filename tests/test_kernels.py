@@ -128,7 +128,7 @@ def test_uneven_tile_shapes(monkeypatch, layout, blocks):
 @pytest.mark.parametrize("layout, blocks, Lq, tma", [
     ("packed", (32, 64), 97, "auto"),       # 16-key masked tiles in 64-key ones, descriptors (level 2)
     ("left_pad", (32, 64), 33, "auto"),     # padding: level 1 (V of masked tiles through pointers), Lq < Lk
-    ("three_modal", (16, 32), 97, "auto"),  # 16 in 32, a non-uniform policy (the general rule)
+    ("three_modal", (16, 32), 33, "auto"),  # 16 in 32, a non-uniform policy (the general rule)
     ("multi_turn", (16, 32), 33, "off"),    # pointer loads
 ])
 def test_masked_loops_narrower_than_the_key_tile(monkeypatch, layout, blocks, Lq, tma):
