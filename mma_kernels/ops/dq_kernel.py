@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _kv_slices, _load_rows, _load_some_rows, _mm
+from .tile_io import _cast, _kv_slices, _load_rows, _load_some_rows, _mm, _narrow_loops
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -88,15 +88,8 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     SUB_N keys, as `_fwd_row_block` runs them."""
     R: tl.constexpr = BLOCK_N // SUB_N if SUB_N > 0 and SUB_N < BLOCK_N else 1
     MN: tl.constexpr = BLOCK_N // R
-    a_hi = n_hi * R
+    km, vm, a_hi = _narrow_loops(kd, vd, kds, vds, n_hi, Lk, R, MN)
     d_hi = c_hi * R
-    if R > 1:  # the look-ahead hop needs narrower tiles past the last key cut off (as in `_fwd_row_block`)
-        km = kds
-        vm = vds
-        a_hi = tl.minimum(a_hi, tl.cdiv(Lk, MN))
-    else:
-        km = kd
-        vm = vd
     dq, dsum = _dq_tiles(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_b, smf,
                          q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, n_lo * R, f_lo * R, Lk, D, qk_scale,
                          window, MN, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, DELTA_PASS,

@@ -4,7 +4,7 @@ look-ahead tiles. Scores are kept in base 2: ``qk_scale = scale * log2(e)``."""
 import triton
 import triton.language as tl
 
-from .tile_io import PLAIN_UNROLL, _cast, _kv_slices, _mm, _row_tile
+from .tile_io import PLAIN_UNROLL, _cast, _kv_slices, _mm, _narrow_loops, _row_tile
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -117,15 +117,7 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
     tiles' stage buffers in shared memory)."""
     R: tl.constexpr = BLOCK_N // SUB_N if SUB_N > 0 and SUB_N < BLOCK_N else 1
     MN: tl.constexpr = BLOCK_N // R
-    a_hi = s_ahi * R
-    if R > 1:  # the look-ahead hop needs the narrower tiles past the last key cut off (MOD_NEXT is read at each
-        # tile's first key); the diagonal's past Lk hold no allowed pair and run the padding-aware form
-        km = kds
-        vm = vds
-        a_hi = tl.minimum(a_hi, tl.cdiv(Lk, MN))
-    else:
-        km = kd
-        vm = vd
+    km, vm, a_hi = _narrow_loops(kd, vd, kds, vds, s_ahi, Lk, R, MN)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf,
                                q_pos, q_doc, q_seg, q_bits, q_grp, q_gbits, q_lo, q_hi, tl.maximum(n_lo, s_lo) * R,
                                tl.minimum(f_lo, s_hi) * R, Lk, D, qk_scale, window, MN, BLOCK_D, True, DOT_PREC,

@@ -96,3 +96,15 @@ def _kv_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N: tl.constexpr, SUB_N: tl
         kds = kd
         vds = vd
     return kd, vd, kds, vds
+
+
+@triton.jit
+def _narrow_loops(kd, vd, kds, vds, look_hi, Lk, R: tl.constexpr, MN: tl.constexpr):
+    """The masked loops' K/V sources, and the look-ahead loop's end, in tiles of MN keys (R of them per key tile,
+    `triton_ops.MASKED_N`): the narrower descriptors, and the end cut off at the last key (the look-ahead hop
+    reads MOD_NEXT at each tile's first key; diagonal tiles past Lk hold no allowed pair and run the
+    padding-aware form)."""
+    if R > 1:
+        return kds, vds, tl.minimum(look_hi * R, tl.cdiv(Lk, MN))
+    else:
+        return kd, vd, look_hi
