@@ -216,6 +216,16 @@ def query_loop_counts(mask: MMAMask, Lq: int, BM: int, BN: int, split, masked_n:
     return [before] + by + [look], plain
 
 
+def key_loop_counts(Lq: int, BM: int, ranges, masked_m: int) -> List[int]:
+    """The dK/dV kernel's tiles per masked loop (`KEY_LOOPS`) when its row tile is taller than `masked_m`
+    (`triton_ops.MASKED_M`): the masked loops walk the same rows in tiles of that height, the last one cut off
+    at Lq (`mma_bwd_dkdv_kernel`)."""
+    m_lo, f_lo, f_hi, m_hi = ranges
+    R = BM // masked_m
+    masked, _ = loop_counts(m_lo * R, f_lo * R, f_hi * R, (m_hi * R).clamp(max=_cdiv(Lq, masked_m)))
+    return masked
+
+
 def loop_tiles(lo, f_lo, f_hi, hi, look=None) -> Tuple[int, int]:
     """(masked, plain) tiles of the kernels' loops (`loop_counts`, masked loops summed)."""
     masked, plain = loop_counts(lo, f_lo, f_hi, hi, look)
@@ -324,7 +334,8 @@ def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
             if (BM, BN) not in minimum:
                 minimum[(BM, BN)] = int(tiles_with_work(mask, seqlen, BM, BN).sum())
             if kind == "dkdv":
-                loops, plain = loop_counts(*key_side_ranges(mask, seqlen, BM, BN))
+                ranges = key_side_ranges(mask, seqlen, BM, BN)
+                loops, plain = loop_counts(*ranges)
             else:
                 split = lookahead_split(mask, seqlen, BM, BN, query_side_ranges(mask, seqlen, BM, BN))
                 loops, plain = query_loop_counts(mask, seqlen, BM, BN, split)
@@ -334,9 +345,14 @@ def count_case(layout, seqlen: int, flex_shape=None) -> Tuple[List[Dict], Dict]:
             narrow = triton_ops.MASKED_N if kind != "dkdv" and 0 < triton_ops.MASKED_N < BN else BN
             if narrow < BN:
                 loops, _ = query_loop_counts(mask, seqlen, BM, BN, split, narrow)
+            # likewise a 64-row dK/dV tile's masked loops run tiles of `triton_ops.MASKED_M` rows
+            short = triton_ops.MASKED_M if kind == "dkdv" and 0 < triton_ops.MASKED_M < BM else BM
+            if short < BM:
+                loops = key_loop_counts(seqlen, BM, ranges, short)
             mn = minimum[(BM, BN)]
             rec = dict(layout=layout.name, seqlen=seqlen, batch=B, kernel=kind, block_m=BM, block_n=BN,
                        visited=masked + plain, plain=plain, masked=masked, masked_loops=loops, masked_block_n=narrow,
+                       masked_block_m=short,
                        loop_rules=list(KEY_LOOPS if kind == "dkdv" else QUERY_LOOPS), minimum=mn,
                        excess_pct=round(100 * (masked + plain - mn) / mn, 2) if mn else None,
                        total_tiles=B * _cdiv(seqlen, BM) * _cdiv(seqlen, BN))

@@ -13,6 +13,9 @@ from mma_kernels import MMAMask
 from benchmarks.layouts import make_layout
 from benchmarks.records import MODES, REQUIRED_FIELDS, STATUSES, validate
 
+# one xdist worker runs the whole module (`--dist loadgroup`, pytest.ini): its module-scoped fixtures are built once,
+# not once per worker
+pytestmark = pytest.mark.xdist_group("benchmarks_cli")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -424,11 +424,13 @@ def test_compiled_fullgraph_with_window_and_groups():
 @pytest.mark.parametrize("blocks, masked_n", [((16, 16), 64), ((64, 32), 64), ((16, 64), 64), ((16, 32), 16)])
 def test_window_uneven_tile_shapes(monkeypatch, blocks, masked_n):
     """The window's range logic for BLOCK_M != BLOCK_N (the GPU uses 128 x 64 forward); masked loops narrower
-    than the key tile (`triton_ops.MASKED_N`, the GPU's 128x128) with groups and a window."""
+    than the key tile (`triton_ops.MASKED_N`, the GPU's 128x128), and dK/dV's shorter than its row tile
+    (`triton_ops.MASKED_M`, the GPU's 64x128), with groups and a window."""
     from mma_kernels.ops import triton_ops
 
     monkeypatch.setattr(triton_ops, "INTERPRET_BLOCKS", {"fwd": blocks, "dq": blocks, "dkdv": blocks[::-1]})
     monkeypatch.setattr(triton_ops, "MASKED_N", masked_n)
+    monkeypatch.setattr(triton_ops, "MASKED_M", masked_n)
     rng = random.Random(sum(blocks))
     mod, seg, doc = random_layout(rng, 2, 90, max_mod=2)
     ids = (mod, seg, doc, random_groups(rng, mod, doc), "mma", "bidirectional_image")

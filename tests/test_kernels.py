@@ -134,10 +134,12 @@ def test_uneven_tile_shapes(monkeypatch, layout, blocks):
 def test_masked_loops_narrower_than_the_key_tile(monkeypatch, layout, blocks, Lq, tma):
     """Key tiles wider than MASKED_N (the GPU's 128x128): the masked loops walk the same keys in MASKED_N-key
     tiles, through descriptors of that width (TMA level 2 without padding, 1 with it) or pointer loads, the
-    look-ahead loop hopping at that width; plain tiles run whole."""
+    look-ahead loop hopping at that width; plain tiles run whole. Likewise dK/dV row tiles taller than MASKED_M
+    (the GPU's 64x128): its masked loops walk the same rows in MASKED_M-row tiles."""
     monkeypatch.setattr(triton_ops, "INTERPRET_BLOCKS", {"fwd": blocks, "dq": blocks, "dkdv": blocks[::-1]})
     masked_n = 16
     monkeypatch.setattr(triton_ops, "MASKED_N", masked_n)
+    monkeypatch.setattr(triton_ops, "MASKED_M", masked_n)
     monkeypatch.setattr(triton_ops, "TMA", tma)
     seen = []
     orig = triton_ops._launch
@@ -152,22 +154,41 @@ def test_masked_loops_narrower_than_the_key_tile(monkeypatch, layout, blocks, Lq
         metas = [m for k, m in seen if k == kind]
         assert metas and all(m["MASKED_N"] == masked_n < blocks[1] for m in metas)
         assert {m["TMA"] for m in metas} == ({0} if tma == "off" else {1 if padded else 2})
+    metas = [m for k, m in seen if k == "dkdv"]
+    assert metas and all(m["MASKED_M"] == masked_n < blocks[1] for m in metas)
 
 
 @pytest.mark.parametrize("kind, dtype, block_d, widest", [
     ("fwd", torch.bfloat16, 64, 128 * 128), ("fwd", torch.float16, 128, 128 * 128), ("fwd", torch.float32, 64, 128 * 64),
     ("fwd", torch.bfloat16, 256, 64 * 64), ("dq", torch.bfloat16, 64, 128 * 128), ("dq", torch.bfloat16, 128, 128 * 64),
-    ("dq", torch.float32, 64, 128 * 64), ("dq", torch.float16, 256, 64 * 64), ("dkdv", torch.bfloat16, 128, 32 * 128),
-    ("dkdv", torch.bfloat16, 256, 32 * 128)])
+    ("dq", torch.float32, 64, 128 * 64), ("dq", torch.float16, 256, 64 * 64), ("dkdv", torch.bfloat16, 128, 64 * 128),
+    ("dkdv", torch.float16, 64, 32 * 128), ("dkdv", torch.float32, 128, 32 * 128), ("dkdv", torch.bfloat16, 256, 32 * 128)])
 def test_autotune_prune_keeps_tiles_that_fit(kind, dtype, block_d, widest):
     """128x128 tiles for 16-bit inputs only, the forward's up to a head-dim block of 128, dQ's up to 64 (spill-free
-    there on sm_90: benchmarks/results/static/sm90.md); 128x64 otherwise; 64x64 above 128."""
+    there on sm_90: benchmarks/results/static/sm90.md); 128x64 otherwise; 64x64 above 128. dK/dV's 64x128 for
+    16-bit inputs up to a head-dim block of 128, and not under the GQA group loop."""
     q = torch.empty(1, 1, 1, block_d, dtype=dtype, device="meta")
-    for lq, most in ((4096, widest), (16, min(widest, 128 * 64))):  # a launch of <= 16 rows: no 128x128
-        kept = triton_ops._prune(kind, triton_ops._configs(kind), {"BLOCK_D": block_d, "Q": q, "Lq": lq})
+    small = 128 * 64 if kind != "dkdv" else 32 * 128
+    for lq, group, split, most in ((4096, 4, True, widest), (4096, 1, False, widest), (16, 4, True, min(widest, small)),
+                                   (4096, 4, False, widest if kind != "dkdv" else 32 * 128)):
+        named = {"BLOCK_D": block_d, "Q": q, "Lq": lq, "GROUP": group}
+        kept = triton_ops._prune(kind, triton_ops._configs(kind), named, SPLIT_GROUP=split)
         sizes = [c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in kept]
-        assert max(sizes) == most and all(s <= most for s in sizes)
+        assert max(sizes) == most and all(s <= most for s in sizes), (lq, group, split)
         assert [c for c in triton_ops._configs(kind) if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= most] == kept
+
+
+@pytest.mark.parametrize("meta, tall", [
+    ({}, True), ({"TMA": 1}, False), ({"TMA": 0}, False), ({"HAS_WINDOW": True}, False), ({"HAS_GROUPS": True}, False),
+    ({"HAS_QPOS": True}, False), ({"SPLIT_GROUP": False}, False), ({"SPLIT_GROUP": False, "GROUP": 1}, True)])
+def test_tall_dkdv_tile_only_where_it_fits(meta, tall):
+    """dK/dV's 64x128 tile only where it compiles spill-free (`triton_ops._dkdv_tall_fits`): q/dO through
+    descriptors (level 2: no padding), the plain rule, no query positions, no GQA group loop."""
+    q = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device="meta")
+    named = {"BLOCK_D": 128, "Q": q, "Lq": 4096, "GROUP": meta.pop("GROUP", 4)}
+    kw = dict({"TMA": 2, "SPLIT_GROUP": True, "HAS_GROUPS": False, "HAS_WINDOW": False, "HAS_QPOS": False}, **meta)
+    kept = triton_ops._prune("dkdv", triton_ops._configs("dkdv"), named, **kw)
+    assert ((64, 128) in [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept]) == tall
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -101,13 +101,15 @@ def compile_variant(kind, dtype, head_dim, launch, key, in_autotune, arch, mask_
     plain = [lp["instructions"] for lp in rec["loops"] if lp["kind"] == "plain"]
     masked = [lp["instructions"] for lp in rec["loops"] if lp["kind"] == "masked"]
     tile = bm * bn / (128 * 64)
-    # a key tile wider than MASKED_N walks its masked loops in MASKED_N-key tiles (`triton_ops.MASKED_N`): their
-    # counts are per such tile, and the ratio scales them to the plain tile's keys
-    mn = launch.meta.get("MASKED_N") or 0
+    # a key tile wider than MASKED_N walks its masked loops in MASKED_N-key tiles (`triton_ops.MASKED_N`), a dK/dV
+    # row tile taller than MASKED_M in MASKED_M-row tiles: their counts are per such tile, and the ratio scales
+    # them to the plain tile's area
+    mn, mm = launch.meta.get("MASKED_N") or 0, launch.meta.get("MASKED_M") or 0
     rec["masked_block_n"] = min(bn, mn) if kind != "dkdv" and mn else bn
+    rec["masked_block_m"] = min(bm, mm) if kind == "dkdv" and mm else bm
+    widen = bm * bn / (rec["masked_block_m"] * rec["masked_block_n"])
     rec["plain_per_128x64"] = round(min(plain) / tile) if plain else None
-    rec["masked_over_plain"] = (round(max(masked) * bn / rec["masked_block_n"] / min(plain), 2)
-                                if plain and masked else None)
+    rec["masked_over_plain"] = round(max(masked) * widen / min(plain), 2) if plain and masked else None
     return rec
 
 
@@ -136,8 +138,9 @@ def markdown(records: List[Dict], header: Dict) -> str:
              "(one tile) of each loop, in the order ptxas lays them out, a masked loop named by the rule form it "
              "evaluates (`# rule:` marks in `mma_kernels/ops/mask_rules.py`) (an unrolled loop: per tile, its body over the tiles it holds, "
              "with its remainder loop folded in: `sass.merge_unrolled`); `/128x64`: the plain loop scaled to a 128x64 tile. "
-             "A 128-wide key tile's masked loops run 64-key tiles (`triton_ops.MASKED_N`): their counts are per 64 "
-             "keys, and `masked/plain` (the dearest masked loop over the plain loop) compares them per key. "
+             "A 128-wide key tile's masked loops run 64-key tiles (`triton_ops.MASKED_N`), a 64-row dK/dV tile's 32-row "
+             "tiles (`triton_ops.MASKED_M`): their counts are per such tile, and `masked/plain` (the dearest masked "
+             "loop over the plain loop) compares them per score. "
              "`spill B`: bytes of local-memory stores/loads (STL/LDL) in the whole kernel; `spill instr`: the STL + LDL "
              "instructions in each loop's own body (code order, inner loops excluded) and outside every loop. "
              "`CTAs/SM`: resident blocks per SM from registers, shared memory and warps.", "",

@@ -41,10 +41,12 @@ def per_goal_tile(r: Dict) -> float:
 
 
 def worst_masked_ratio(r: Dict) -> float:
-    """The dearest masked loop over the plain loop, per key: masked loops of a 128-wide key tile run
-    `masked_block_n`-key tiles (`triton_ops.MASKED_N`)."""
+    """The dearest masked loop over the plain loop, per score: masked loops of a 128-wide key tile run
+    `masked_block_n`-key tiles (`triton_ops.MASKED_N`), those of a 64-row dK/dV tile `masked_block_m`-row tiles
+    (`triton_ops.MASKED_M`)."""
     plain, masked = _loops(r, "plain"), _loops(r, "masked")
-    widen = r["block_n"] / r.get("masked_block_n", r["block_n"])
+    widen = (r["block_m"] * r["block_n"] / (r.get("masked_block_m", r["block_m"])
+                                             * r.get("masked_block_n", r["block_n"])))
     return max(masked) * widen / plain[0] if plain and masked else float("nan")
 
 

@@ -3,7 +3,7 @@ query blocks of `_query_block_ranges` for every query head of its GQA group."""
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _head_slice, _mm
+from .tile_io import _cast, _mm, _tile_slices
 from .mask_rules import (BIG, _allowed, _allowed_before, _allowed_key_span, _load_query_fields, _load_key_fields,
                          _look_bits)
 from .block_ranges import _query_block_ranges
@@ -150,8 +150,12 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
                         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_GROUPS: tl.constexpr,
                         HAS_WINDOW: tl.constexpr, SPLIT_STATS: tl.constexpr, EXACT_DELTA: tl.constexpr,
                         EVEN_D: tl.constexpr = False, SPLIT_GROUP: tl.constexpr = False, QPOS=None,
-                        HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = 0):
+                        HAS_QPOS: tl.constexpr = False, TMA: tl.constexpr = 0, MASKED_M: tl.constexpr = 0):
     """dK, dV for one block of keys of one KV head, summed over the GROUP query heads sharing it.
+
+    MASKED_M (0: no limit): the tallest masked tile; a taller row tile (64x128) runs its masked loops in tiles
+    of MASKED_M rows over the same rows, the plain loop at full height (`triton_ops.MASKED_M`: each per-row field
+    of the rule takes 16 registers per thread in a 64-row tile, and the masked loops spill there).
 
     SPLIT_GROUP: one program per block of keys and *query* head instead (no loop over the group), for the
     h_launch query heads from h_base, writing that head's fp32 share into DK/DV shaped [B, h_launch, Lk, D];
@@ -162,6 +166,8 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
     HAS_QPOS: query row r sits at absolute position QPOS[r] (int32, increasing); QPOS[Lq:] holds per key, for
     each batch row, the first and last query row that may see it ([B, 2, Lk], from `Q_LO`/`Q_HI` by a search in
     the positions): the row blocks to visit. Those tiles all run masked (`_dkdv_tiles_at`)."""
+    SUB_M: tl.constexpr = MASKED_M if (MASKED_M > 0 and MASKED_M < BLOCK_M) else BLOCK_M
+    R: tl.constexpr = BLOCK_M // SUB_M
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     if SPLIT_GROUP:
@@ -187,13 +193,18 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
         m_lo = tl.min(tl.load(rq_b + k_pos, mask=key_ok, other=Lq), 0)
         m_hi = tl.max(tl.load(rq_b + Lk + k_pos, mask=key_ok, other=-1), 0)
         nonempty = m_hi >= m_lo
-        m_hi = tl.where(nonempty, m_hi // BLOCK_M + 1, 0)
-        m_lo = tl.where(nonempty, m_lo // BLOCK_M, 0)
-        f_lo = m_hi
-        f_hi = m_hi
+        m_hi = tl.where(nonempty, m_hi // SUB_M + 1, 0)  # in masked tiles of SUB_M rows
+        m_lo = tl.where(nonempty, m_lo // SUB_M, 0)
     else:
         m_lo, f_lo, f_hi, m_hi = _query_block_ranges(meta_b, smf, pad_b, key_start, Lq, Lk, BLOCK_M, BLOCK_N,
                                                      win_b, swf, window, HAS_WINDOW)
+        # the masked loops' ranges in tiles of SUB_M rows; the last one ends at the last row
+        m_lo_s = m_lo * R
+        f_lo_s = f_lo * R
+        f_hi_s = f_hi * R
+        m_hi_s = m_hi
+        if R > 1:
+            m_hi_s = tl.minimum(m_hi * R, tl.cdiv(Lq, SUB_M))
     # padding keys load as 0, whatever K/V hold
     k_doc = tl.load(meta_b + k_pos, mask=key_ok, other=-1)
     kv_ok = (key_ok & (k_doc >= 0))[:, None] & (offs_d < D)[None, :]
@@ -212,27 +223,28 @@ def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WI
         q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * Hq + h).to(tl.int64) * srs
-        qd = _head_slice(q_base, Lq, D, sqm, BLOCK_M, BLOCK_D, USE_TMA)
-        dod = _head_slice(do_base, Lq, D, sdm, BLOCK_M, BLOCK_D, USE_TMA)
+        qd, dod, qds, dods = _tile_slices(q_base, do_base, Lq, D, sqm, sdm, BLOCK_M, SUB_M, BLOCK_D, USE_TMA)
         if HAS_QPOS:
             dk, dv = _dkdv_tiles_at(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base,
                                     DELTA + row_base, sqm, sdm, meta_b, smf, QPOS, key_start, m_lo, m_hi, Lq, Lk, D,
-                                    qk_scale, window, zero_single, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST,
+                                    qk_scale, window, zero_single, SUB_M, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST,
                                     HAS_GROUPS, HAS_WINDOW, SPLIT_STATS)
         else:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                                  sqm, sdm, meta_b, smf, srs,
-                                 key_start, m_lo, f_lo, Lq, Lk, D, qk_scale, window, zero_single, q_off,
-                                 BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, TMA=USE_TMA, qd=qd, dod=dod)
+                                 key_start, m_lo_s, f_lo_s, Lq, Lk, D, qk_scale, window, zero_single, q_off,
+                                 SUB_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                                 TMA=USE_TMA, qd=qds, dod=dods)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                                  sqm, sdm, meta_b, smf, srs,
                                  key_start, f_lo, f_hi, Lq, Lk, D, qk_scale, window, zero_single, q_off,
-                                 BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS, TMA=USE_TMA, qd=qd, dod=dod)
+                                 BLOCK_M, BLOCK_N, BLOCK_D, False, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                                 TMA=USE_TMA, qd=qd, dod=dod)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, LSE2 + row_base, LINV + row_base, DELTA + row_base,
                                  sqm, sdm, meta_b, smf, srs,
-                                 key_start, f_hi, m_hi, Lq, Lk, D, qk_scale, window, zero_single, q_off,
-                                 BLOCK_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
-                                 not HAS_WINDOW, TMA=USE_TMA, qd=qd, dod=dod)
+                                 key_start, f_hi_s, m_hi_s, Lq, Lk, D, qk_scale, window, zero_single, q_off,
+                                 SUB_M, BLOCK_N, BLOCK_D, True, DOT_PREC, UPCAST, HAS_GROUPS, HAS_WINDOW, SPLIT_STATS,
+                                 not HAS_WINDOW, TMA=USE_TMA, qd=qds, dod=dods)
     out_base = pid_bh.to(tl.int64) * Lk * D + key_start.to(tl.int64) * D
     ptrs = offs_n[:, None] * D + offs_d[None, :]
     tile_ok = (key_start + offs_n < Lk)[:, None] & (offs_d < D)[None, :]  # recomputed: not live across the loops

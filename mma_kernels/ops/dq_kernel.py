@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _kv_slices, _load_rows, _load_some_rows, _mm, _narrow_loops
+from .tile_io import _cast, _tile_slices, _load_rows, _load_some_rows, _mm, _narrow_loops
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -167,7 +167,7 @@ def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
     # at level 1, 128x64 tiles above a head-dim block of 64 keep pointer loads: with descriptors there (tried
     # in issue 19) they spilled a few bytes before the loops; at level 2 they do not spill
     USE_TMA: tl.constexpr = TMA * (BLOCK_M * BLOCK_N < 128 * 64 or BLOCK_D <= 64 or TMA == 2)
-    kd, vd, kds, vds = _kv_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N, MASKED_N, BLOCK_D, USE_TMA)
+    kd, vd, kds, vds = _tile_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N, MASKED_N, BLOCK_D, USE_TMA)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dsum = tl.zeros([BLOCK_M], tl.float32)

@@ -4,7 +4,7 @@ look-ahead tiles. Scores are kept in base 2: ``qk_scale = scale * log2(e)``."""
 import triton
 import triton.language as tl
 
-from .tile_io import PLAIN_UNROLL, _cast, _kv_slices, _mm, _narrow_loops, _row_tile
+from .tile_io import PLAIN_UNROLL, _cast, _tile_slices, _mm, _narrow_loops, _row_tile
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -182,7 +182,7 @@ def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
     q = tl.load(q_base + tl.arange(0, BLOCK_M)[:, None] * sqm + offs_d[None, :], mask=q_ok, other=0.0)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    kd, vd, kds, vds = _kv_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N, MASKED_N, BLOCK_D, TMA)
+    kd, vd, kds, vds = _tile_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N, MASKED_N, BLOCK_D, TMA)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -83,19 +83,20 @@ def _head_slice(base, L, D, stride, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.conste
 
 
 @triton.jit
-def _kv_slices(k_base, v_base, Lk, D, skn, svn, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               TMA: tl.constexpr):
-    """`_head_slice` of K and V for key tiles of BLOCK_N rows, and for the masked loops' narrower tiles of SUB_N
-    rows (`triton_ops.MASKED_N`; the same ones when SUB_N is 0 or not narrower): kd, vd, kds, vds."""
-    kd = _head_slice(k_base, Lk, D, skn, BLOCK_N, BLOCK_D, TMA)
-    vd = _head_slice(v_base, Lk, D, svn, BLOCK_N, BLOCK_D, TMA)
-    if SUB_N > 0 and SUB_N < BLOCK_N:
-        kds = _head_slice(k_base, Lk, D, skn, SUB_N, BLOCK_D, TMA)
-        vds = _head_slice(v_base, Lk, D, svn, SUB_N, BLOCK_D, TMA)
+def _tile_slices(a_base, b_base, L, D, sa, sb, BLOCK: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr,
+                 TMA: tl.constexpr):
+    """`_head_slice` of two operands read in the same tiles (K and V; q and dO in dK/dV), row strides sa, sb: for
+    tiles of BLOCK rows, and for the masked loops' narrower tiles of SUB rows (`triton_ops.MASKED_N`,
+    `MASKED_M`; the same ones when SUB is 0 or not narrower): ad, bd, ads, bds."""
+    ad = _head_slice(a_base, L, D, sa, BLOCK, BLOCK_D, TMA)
+    bd = _head_slice(b_base, L, D, sb, BLOCK, BLOCK_D, TMA)
+    if SUB > 0 and SUB < BLOCK:
+        ads = _head_slice(a_base, L, D, sa, SUB, BLOCK_D, TMA)
+        bds = _head_slice(b_base, L, D, sb, SUB, BLOCK_D, TMA)
     else:
-        kds = kd
-        vds = vd
-    return kd, vd, kds, vds
+        ads = ad
+        bds = bd
+    return ad, bd, ads, bds
 
 
 @triton.jit

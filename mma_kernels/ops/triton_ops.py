@@ -88,6 +88,10 @@ TMA = "auto"
 # whole 128-key masked tiles spill on sm_90 (each per-key field of the rule takes 32 registers per thread), and
 # the plain loop keeps the full width (benchmarks/results/static/CHANGES.md, "128-wide key tiles").
 MASKED_N = 64
+# The tallest masked row tile of the dK/dV kernel (0: no limit), likewise: with 64 query rows (64x128) its masked
+# loops walk the same rows in tiles of this many (`dkdv_kernel.mma_bwd_dkdv_kernel`); whole 64-row masked tiles
+# spill on sm_90 (316 B at bf16 D=128: each per-row field of the rule takes 16 registers per thread).
+MASKED_M = 32
 
 # Small fixed tiles under the interpreter; tests may override them to exercise more block edges.
 INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
@@ -106,7 +110,7 @@ INTERPRET_BLOCKS = {"fwd": (32, 32), "dq": (32, 32), "dkdv": (32, 32)}
 _CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     "fwd": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 2), (128, 128, 8, 2)],
     "dq": [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (128, 128, 8, 2)],
-    "dkdv": [(32, 128, 8, 2), (32, 64, 8, 2)],
+    "dkdv": [(32, 128, 8, 2), (32, 64, 8, 2), (64, 128, 8, 2)],
 }
 
 
@@ -124,14 +128,29 @@ def _prune(kind, configs, named_args, **kwargs):
     """The tiles whose register / shared-memory footprint fits (`_WIDEST`): wide heads (a head-dim block over 128)
     up to 64x64; no 128x128 tile for fp32 inputs (twice the shared memory per tile), nor for launches of at most
     16 query rows (one row block: nothing to gain; at Lq = 1, which the JIT specialises, the forward's spills
-    168 B: benchmarks/results/static/perf/decode_sm90_with_fwd128x128.md)."""
+    168 B: benchmarks/results/static/perf/decode_sm90_with_fwd128x128.md); likewise no 64x128 dK/dV tile, nor
+    wherever that tile spills (`_dkdv_tall_fits`). At least the smallest tile is kept."""
     bd = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 128))
     limit = next(area for top, area in _WIDEST[kind] if bd <= top)
     q = named_args.get("Q")
     if (q is not None and q.element_size() > 2) or named_args.get("Lq", 1 << 30) <= 16:
-        limit = min(limit, 128 * 64)
+        limit = min(limit, 128 * 64 if kind != "dkdv" else 128 * 32)
+    if kind == "dkdv" and not _dkdv_tall_fits(bd, named_args, kwargs):
+        limit = min(limit, 128 * 32)
     keep = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit]
-    return keep or configs[-1:]
+    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+def _dkdv_tall_fits(bd, named_args, kwargs) -> bool:
+    """Whether a dK/dV launch may take the 64x128 tile: where it compiles spill-free on sm_90
+    (benchmarks/results/static/sm90.md, `perf/dkdv64_features.md`): q and dO through descriptors (TMA level 2,
+    no padding, above a head-dim block of 64: `mma_bwd_dkdv_kernel`'s USE_TMA; pointer loads spill 116 B at
+    D=128 with padding), the plain MMA rule (groups or a window: 68 B), no query positions, and no GQA group
+    loop (`_dkdv_split`; the loop spills 48 B at D=64)."""
+    get = lambda name, default: kwargs.get(name, named_args.get(name, default))  # noqa: E731
+    return (get("TMA", 2) == 2 and bd > 64 and not (get("HAS_GROUPS", False) or get("HAS_WINDOW", False)
+                                                     or get("HAS_QPOS", False))
+            and (get("SPLIT_GROUP", True) or get("GROUP", 1) == 1))
 
 
 def _pruned(kind):
@@ -357,7 +376,7 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single, Lk - Lq)
     if not split:
         _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
-                **meta, SPLIT_GROUP=False, TMA=_tma_level(mask, q, do))
+                **meta, SPLIT_GROUP=False, TMA=_tma_level(mask, q, do), MASKED_M=MASKED_M)
         return dq, dk, dv
     # each query head's fp32 share, summed over its group and rounded once; a few KV heads per launch
     per_kv = 2 * B * group * Lk * D * 4
@@ -368,7 +387,7 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
         sk, sv = (s[: B * n * group * Lk * D].view(B, n * group, Lk, D) for s in shares)  # contiguous
         _launch("dkdv", Lk, B * n * group, (q, k, v, do, sk, sv, lse2, linv, delta, *mptrs, *strides, *args,
                                             kv0 * group, n * group, bucket), **meta, SPLIT_GROUP=True,
-                TMA=_tma_level(mask, q, do))
+                TMA=_tma_level(mask, q, do), MASKED_M=MASKED_M)
         dk[:, kv0:kv0 + n] = sk.view(B, n, group, Lk, D).sum(2)
         dv[:, kv0:kv0 + n] = sv.view(B, n, group, Lk, D).sum(2)
     return dq, dk, dv
