@@ -107,11 +107,20 @@ def test_loop_counts_split_the_masked_tiles_per_loop_and_feed_the_cost_model():
     recs, _ = tiles.count_case(lay, 2048)
     assert {r["kernel"] for r in recs} == {"fwd", "dq", "dkdv"}
     assert any(r["masked_block_n"] < r["block_n"] for r in recs)  # the 128x128 tiles' narrower masked loops
+    assert any(r["masked_block_m"] < r["block_m"] for r in recs)  # dK/dV's 64x128 tile's shorter ones
     for r in recs:
         names = tiles.KEY_LOOPS if r["kernel"] == "dkdv" else tiles.QUERY_LOOPS
         assert r["loop_rules"] == list(names) and len(r["masked_loops"]) == len(names)
         assert r["visited"] == r["masked"] + r["plain"]
         assert r["masked_loops"][0] > 0 and r["masked_loops"][-1] > 0 and r["plain"] > 0
+        if r["masked_block_m"] < r["block_m"]:
+            # counted in tiles of masked_block_m rows: the same rows, the last loop cut at Lq
+            R = r["block_m"] // r["masked_block_m"]
+            mask = MMAMask(lay.modality_ids, lay.segment_ids, lay.document_ids)
+            whole, plain = tiles.loop_counts(*tiles.key_side_ranges(mask, 2048, r["block_m"], r["block_n"]))
+            assert plain == r["plain"] and sum(whole) == r["masked"]
+            assert r["masked_loops"][0] == R * whole[0] and whole[1] * (R - 1) < r["masked_loops"][1] <= R * whole[1]
+            continue
         if r["masked_block_n"] == r["block_n"]:
             assert sum(r["masked_loops"]) == r["masked"]
             continue

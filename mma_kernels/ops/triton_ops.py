@@ -143,7 +143,7 @@ def _prune(kind, configs, named_args, **kwargs):
 
 def _dkdv_tall_fits(bd, named_args, kwargs) -> bool:
     """Whether a dK/dV launch may take the 64x128 tile: where it compiles spill-free on sm_90
-    (benchmarks/results/static/sm90.md, `perf/dkdv64_features.md`): q and dO through descriptors (TMA level 2,
+    (benchmarks/results/static/sm90.md, `perf/dkdv64_padding.md`, `perf/dkdv64_groups_window.md`): q and dO through descriptors (TMA level 2,
     no padding, above a head-dim block of 64: `mma_bwd_dkdv_kernel`'s USE_TMA; pointer loads spill 116 B at
     D=128 with padding), the plain MMA rule (groups or a window: 68 B), no query positions, and no GQA group
     loop (`_dkdv_split`; the loop spills 48 B at D=64)."""
