@@ -237,8 +237,12 @@ class MMAMask:
             [torch.zeros(B, 1, dtype=torch.long, device=dev), (~valid).long().cumsum(dim=1)], dim=1
         ).to(torch.int32)
         # whether any token is padding (one small host sync, beside the ones above): without padding the
-        # Triton kernels' masked tiles read V (dQ: K and V) through TMA descriptors too (`triton_ops._tma_level`)
-        self.pad_keys = bool((~valid).any())
+        # Triton kernels' masked tiles read V (dQ: K and V) through TMA descriptors too (`triton_ops._tma_level`);
+        # and the work-weighted mean document length, sum(d^2) / sum(d) over the documents' valid tokens: the
+        # kernels' autotune key (`triton_ops._doc_bucket`), since it decides how many tiles are masked
+        n_valid, weighted = torch.stack([valid.sum(), torch.where(valid, doc_hi - doc_lo + 1, 0).sum()]).tolist()
+        self.pad_keys = n_valid < B * L
+        self.doc_length = weighted // n_valid if n_valid else 0
         # window-only bounds: first key a query may look at, last query that may look at a key
         self._look_outer = torch.stack([q_first, k_last], dim=1).to(torch.int32)
 

@@ -178,6 +178,36 @@ def test_autotune_prune_keeps_tiles_that_fit(kind, dtype, block_d, widest):
         assert [c for c in triton_ops._configs(kind) if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= most] == kept
 
 
+def test_autotune_key_holds_the_document_class(monkeypatch):
+    """The autotune key separates one long document from packed short ones (`triton_ops._doc_bucket`: the
+    work-weighted mean document length, `MMAMask.doc_length`), whose best tiles differ; every kernel gets it."""
+    from mma_kernels.ops.library import mask_from_fields
+
+    L = 512
+    one = MMAMask(torch.zeros(1, L, dtype=torch.int32), torch.zeros(1, L, dtype=torch.int32))
+    docs = torch.arange(L).div(64, rounding_mode="floor")[None]  # eight documents of 64 tokens
+    packed = MMAMask(torch.zeros(1, L, dtype=torch.int32), docs, docs)
+    # a long document beside short ones: weighted by work (sum d^2 / sum d = 318), not the plain mean (102)
+    mixed_doc = torch.cat([torch.zeros(400), torch.arange(112).div(28, rounding_mode="floor") + 1]).int()[None]
+    mixed = MMAMask(torch.zeros(1, L, dtype=torch.int32), mixed_doc, mixed_doc)
+    padded = MMAMask(torch.cat([torch.full((1, 12), -1), torch.zeros(1, L - 12)], 1).int(), torch.zeros(1, L).int())
+    assert (one.doc_length, packed.doc_length, mixed.doc_length, padded.doc_length) == (512, 64, 318, 500)
+    assert [triton_ops._doc_bucket(m) for m in (one, packed, mixed, padded)] == [2, 0, 1, 1]
+    assert triton_ops._doc_bucket(mask_from_fields(one.meta, one.padcum)) == 0
+    big = MMAMask(torch.zeros(1, 1 << 15, dtype=torch.int32), torch.zeros(1, 1 << 15, dtype=torch.int32))
+    assert triton_ops._doc_bucket(big) == 6  # capped: 8K tokens and longer
+    for kind in ("fwd", "dq", "dkdv"):
+        assert "DOC_BUCKET" in triton_ops._tuned[kind].keys and "LQ_BUCKET" in triton_ops._tuned[kind].keys
+    seen = []
+    orig = triton_ops._launch
+    monkeypatch.setattr(triton_ops, "_launch", lambda kind, n, h, args, **meta: (seen.append((kind, args)), orig(kind, n, h, args, **meta))[1])
+    q, k, v = (torch.randn(1, 1, 256, 16, requires_grad=True) for _ in range(3))
+    mask = MMAMask(torch.zeros(1, 256, dtype=torch.int32), torch.zeros(1, 256, dtype=torch.int32))
+    mma_attention(q, k, v, mask, backend="triton").sum().backward()
+    got = {kind: dict(zip(triton_ops._raw[kind].arg_names, args))["DOC_BUCKET"] for kind, args in seen}
+    assert got == {"fwd": 1, "dq": 1, "dkdv": 1}, got
+
+
 @pytest.mark.parametrize("meta, tall", [
     ({}, True), ({"TMA": 1}, False), ({"TMA": 0}, False), ({"HAS_WINDOW": True}, False), ({"HAS_GROUPS": True}, False),
     ({"HAS_QPOS": True}, False), ({"SPLIT_GROUP": False}, False), ({"SPLIT_GROUP": False, "GROUP": 1}, True)])

@@ -1,6 +1,6 @@
 """Launchers and the autograd Function for the Triton kernels.
 
-On CUDA the block sizes are autotuned per (head dim, GQA group, length bucket, dtype);
+On CUDA the block sizes are autotuned per (head dim, GQA group, length bucket, document class, dtype);
 under ``TRITON_INTERPRET=1`` (CPU tensors) one small fixed configuration is used.
 """
 from __future__ import annotations
@@ -157,7 +157,19 @@ def _pruned(kind):
     return {"early_config_prune": functools.partial(_prune, kind)}
 
 
-_KEY = ["D", "GROUP", "LQ_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EXACT_DELTA", "HAS_QPOS"]
+# The autotune key. LQ_BUCKET: log2(Lq). DOC_BUCKET: the mask's document class (`_doc_bucket`), which decides how
+# many tiles are masked and so whether a wide tile pays (its inferred cost is 0.76-0.78x on one long document and
+# 1.02-1.19x on packed short ones: benchmarks/results/static/CHANGES.md, rounds four and five): without it the
+# first layout a key met would pick the tile for every later one. Neither is read by the kernels.
+_KEY = ["D", "GROUP", "LQ_BUCKET", "DOC_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EXACT_DELTA", "HAS_QPOS"]
+
+
+def _doc_bucket(mask) -> int:
+    """The autotune key's document class: `MMAMask.doc_length` (the work-weighted mean document length) in
+    doublings: 0 below 256 tokens, 1 below 512, ... capped at 6 (8K tokens and longer). A mask rebuilt from its
+    fields (the torch.compile op) carries no such figure: class 0."""
+    length = getattr(mask, "doc_length", 0)
+    return min(6, max(0, int(length).bit_length() - 8)) if length else 0
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY + ["TMA"], prune_configs_by=_pruned("fwd"))(tk.mma_fwd_kernel),
     # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
@@ -312,7 +324,7 @@ def triton_forward(q, k, v, mask, scale, win=None, window=None, q_pos=None):
     args = (q, k, v, o, lse, mrow, linv, *mptrs,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), *mstrides,
-            Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, window or 0, int(math.log2(Lq)))
+            Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, window or 0, int(math.log2(Lq)), _doc_bucket(mask))
     _launch("fwd", Lq, B * Hq, args, **meta, TMA=_tma_level(mask, k, v), MASKED_N=MASKED_N)
     if keep32:  # the stats slot carries the fp32 output for the backward's delta
         return o.to(q.dtype), lse, o
@@ -367,15 +379,15 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), *mstrides,
                lse2.stride(1))
-    bucket = int(math.log2(Lq))
+    bucket = (int(math.log2(Lq)), _doc_bucket(mask))
     w = window or 0
     zero_single = int(dlse is None)  # ds of a one-key row is exactly 0, unless lse is differentiated too
     _launch("dq", Lq, B * Hq, (q, k, v, do, dq, lse2, linv, delta, *mptrs, *strides,
-                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, bucket), **meta,
+                               Hq, Lq, Lk, D, Hq // Hkv, scale * LOG2E, scale, w, zero_single, *bucket), **meta,
             TMA=_tma_level(mask, k, v), MASKED_N=MASKED_N)
     args = (Hq, Hkv, Lq, Lk, D, group, scale * LOG2E, scale, w, zero_single, Lk - Lq)
     if not split:
-        _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, bucket),
+        _launch("dkdv", Lk, B * Hkv, (q, k, v, do, dk, dv, lse2, linv, delta, *mptrs, *strides, *args, 0, Hq, *bucket),
                 **meta, SPLIT_GROUP=False, TMA=_tma_level(mask, q, do), MASKED_M=MASKED_M)
         return dq, dk, dv
     # each query head's fp32 share, summed over its group and rounded once; a few KV heads per launch
@@ -386,7 +398,7 @@ def triton_backward(q, k, v, o, lse, do, dlse, mask, scale, win=None, window=Non
         n = min(chunk, Hkv - kv0)
         sk, sv = (s[: B * n * group * Lk * D].view(B, n * group, Lk, D) for s in shares)  # contiguous
         _launch("dkdv", Lk, B * n * group, (q, k, v, do, sk, sv, lse2, linv, delta, *mptrs, *strides, *args,
-                                            kv0 * group, n * group, bucket), **meta, SPLIT_GROUP=True,
+                                            kv0 * group, n * group, *bucket), **meta, SPLIT_GROUP=True,
                 TMA=_tma_level(mask, q, do), MASKED_M=MASKED_M)
         dk[:, kv0:kv0 + n] = sk.view(B, n, group, Lk, D).sum(2)
         dv[:, kv0:kv0 + n] = sv.view(B, n, group, Lk, D).sum(2)
