@@ -143,10 +143,10 @@ def _prune(kind, configs, named_args, **kwargs):
 
 def _dkdv_tall_fits(bd, named_args, kwargs) -> bool:
     """Whether a dK/dV launch may take the 64x128 tile: where it compiles spill-free on sm_90
-    (benchmarks/results/static/sm90.md, `perf/dkdv64_padding.md`, `perf/dkdv64_groups_window.md`): q and dO through descriptors (TMA level 2,
-    no padding, above a head-dim block of 64: `mma_bwd_dkdv_kernel`'s USE_TMA; pointer loads spill 116 B at
-    D=128 with padding), the plain MMA rule (groups or a window: 68 B), no query positions, and no GQA group
-    loop (`_dkdv_split`; the loop spills 48 B at D=64)."""
+    (benchmarks/results/static/sm90.md, `perf/dkdv64_padding.md`, `perf/dkdv64_groups_window.md`): q and dO
+    through descriptors (TMA level 2, no padding, above a head-dim block of 64: `mma_bwd_dkdv_kernel`'s USE_TMA;
+    pointer loads spill 116 B at D=128 with padding), the plain MMA rule (groups or a window: 68 B), no query
+    positions, and no GQA group loop (`_dkdv_split`; the loop spills 48 B at D=64)."""
     get = lambda name, default: kwargs.get(name, named_args.get(name, default))  # noqa: E731
     return (get("TMA", 2) == 2 and bd > 64 and not (get("HAS_GROUPS", False) or get("HAS_WINDOW", False)
                                                      or get("HAS_QPOS", False))
@@ -170,6 +170,8 @@ def _doc_bucket(mask) -> int:
     fields (the torch.compile op) carries no such figure: class 0."""
     length = getattr(mask, "doc_length", 0)
     return min(6, max(0, int(length).bit_length() - 8)) if length else 0
+
+
 _tuned = {
     "fwd": triton.autotune(_configs("fwd"), key=_KEY + ["TMA"], prune_configs_by=_pruned("fwd"))(tk.mma_fwd_kernel),
     # the dQ kernel adds rowsum(P * dP) to DELTA in place under EXACT_DELTA: each tuning run starts from the original
