@@ -229,3 +229,24 @@ def test_decode_kernel_does_not_spill(tmp_path):
     for name, r in recs.items():
         assert r["spill_bytes"] == 0, (name, r["spill_bytes"], r["regs"])
     assert recs["mma_decode_kernel"]["hmma"] > 0 and recs["mma_decode_kernel"]["async_copy"] > 0
+
+
+def test_autotune_buckets_share_one_binary():
+    """LQ_BUCKET and DOC_BUCKET only key the autotuner (`tile_io.KEY_ONLY_ARGS`): whatever their values (0, 1 and
+    16 are ones the JIT would otherwise specialise), the forward compiles to one specialisation."""
+    code = (
+        "from benchmarks.static.capture import capture_launches, compile_launch, specialisation, Launch\n"
+        "from mma_kernels.ops import triton_ops\n"
+        "ln = capture_launches('bf16', 64, seqlen=1024)['fwd']\n"
+        "names = triton_ops._raw['fwd'].arg_names\n"
+        "seen = set()\n"
+        "for val in (0, 1, 5, 16):\n"
+        "    args = list(ln.args)\n"
+        "    args[names.index('DOC_BUCKET')] = args[names.index('LQ_BUCKET')] = val\n"
+        "    k = compile_launch(Launch('fwd', tuple(args), ln.meta), 64, 32, 4, 2)\n"
+        "    seen.add(repr(sorted(specialisation(k)['attrs'].items())))\n"
+        "print('SPECIALISATIONS', len(seen))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "SPECIALISATIONS 1" in proc.stdout, proc.stdout[-2000:]

@@ -3,7 +3,7 @@ query blocks of `_query_block_ranges` for every query head of its GQA group."""
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _mm, _tile_slices
+from .tile_io import KEY_ONLY_ARGS, _cast, _mm, _tile_slices
 from .mask_rules import (BIG, _allowed, _allowed_before, _allowed_key_span, _load_query_fields, _load_key_fields,
                          _look_bits)
 from .block_ranges import _query_block_ranges
@@ -141,7 +141,7 @@ def _dkdv_tiles_at(dk, dv, k, v, q_base, do_base, lse_base, linv_base, delta_bas
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=KEY_ONLY_ARGS)
 def mma_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE2, LINV, DELTA, META, PADCUM, WIN,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
                         smb, smf, spb, swb, swf, srs, Hq, Hkv, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .tile_io import _cast, _tile_slices, _load_rows, _load_some_rows, _mm, _narrow_loops
+from .tile_io import KEY_ONLY_ARGS, _cast, _tile_slices, _load_rows, _load_some_rows, _mm, _narrow_loops
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -129,7 +129,7 @@ def _dq_pass(dq, dsum, q, do, lse2, linv, delta, k_base, v_base, skn, svn, meta_
     return dq, dsum
 
 
-@triton.jit
+@triton.jit(do_not_specialize=KEY_ONLY_ARGS)
 def mma_bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, LINV, DELTA, META, PADCUM, WIN,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
                       smb, smf, spb, swb, swf, srs, Hq, Lq, Lk, D, GROUP, qk_scale, sm_scale, window, zero_single,

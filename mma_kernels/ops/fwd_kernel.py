@@ -4,7 +4,7 @@ look-ahead tiles. Scores are kept in base 2: ``qk_scale = scale * log2(e)``."""
 import triton
 import triton.language as tl
 
-from .tile_io import PLAIN_UNROLL, _cast, _tile_slices, _mm, _narrow_loops, _row_tile
+from .tile_io import KEY_ONLY_ARGS, PLAIN_UNROLL, _cast, _tile_slices, _mm, _narrow_loops, _row_tile
 from .mask_rules import _look_bits, _tile_allowed, _tile_key_fields
 from .block_ranges import _diagonal_kind, _next_look_block, _query_block
 
@@ -158,7 +158,7 @@ def _fwd_row_block(acc, l_i, m_i, q, k_base, v_base, skn, svn, meta_b, smf, pad_
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=KEY_ONLY_ARGS)
 def mma_fwd_kernel(Q, K, V, O, LSE, MROW, LINV, META, PADCUM, WIN,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    smb, smf, spb, swb, swf, Hq, Lq, Lk, D, GROUP, qk_scale, window, LQ_BUCKET, DOC_BUCKET,

@@ -9,6 +9,10 @@ import triton.language as tl
 # and stay as they are.
 PLAIN_UNROLL = tl.constexpr(2)
 
+# The autotune key's arguments that the kernels never read (`triton_ops._KEY`): not specialised, so every bucket
+# runs the same binary (the JIT would otherwise compile apart a bucket of 1, or one divisible by 16, such as 0).
+KEY_ONLY_ARGS = ["LQ_BUCKET", "DOC_BUCKET"]
+
 
 @triton.jit
 def _mm(a, b, acc, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
