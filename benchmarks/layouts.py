@@ -16,6 +16,12 @@ Layouts:
   ``one_image``    one 576-token image per sample (LLaVA-1.5 / CLIP-336 tiles), one turn.
   ``three_images`` three 144-token images per sample, one turn.
   ``two_turns``    two turns per sample, one 144-token image in each.
+
+Long-document layout (`LONG_LAYOUTS`, not in the packed defaults `LAYOUTS`):
+  ``long_video``   one document filling the row: a video chat, each user turn a 16-frame clip (144 tokens per
+                   frame, each after a short timestamp tag) and its question (one segment), then the answer.
+                   The long-context case: almost every tile is fully allowed, where the 128-wide key and 64-row
+                   dK/dV tiles pay (benchmarks/results/static/cost_sm90_bf16_d128_long_*.md).
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ IMAGE_TOKENS = 144
 ONE_IMAGE_TOKENS = 576  # the `one_image` layout's image
 TEXT, IMAGE, PAD = 0, 1, -1
 LAYOUTS = ("aki", "many_short", "one_image", "three_images", "two_turns")
+LONG_LAYOUTS = ("long_video",)
+CLIP_FRAMES = 16  # frames per `long_video` clip
 
 # One span: (modality, length, segment key inside the sample)
 Span = Tuple[int, int, int]
@@ -109,12 +117,30 @@ def _pack_row(name: str, seqlen: int, rng: random.Random):
     return mod + [PAD] * pad, seg + [seg_base] * pad, doc + [doc_id] * pad
 
 
+def _long_video_row(seqlen: int, rng: random.Random):
+    """One document of `seqlen` tokens: system text, then turns of a clip and its question, and the answer."""
+    spans = _turns_sample(rng, [])  # the system text
+    seg = 0
+    while sum(n for _, n, _ in spans) < seqlen:
+        for _ in range(CLIP_FRAMES):
+            spans += [(TEXT, rng.randint(2, 6), seg), (IMAGE, IMAGE_TOKENS, seg)]
+        spans += [(TEXT, rng.randint(16, 96), seg), (TEXT, rng.randint(8, 240), seg + 1)]
+        seg += 2
+    mod = [m for m, n, _ in spans for _ in range(n)][:seqlen]
+    sid = [s for _, n, s in spans for _ in range(n)][:seqlen]
+    return mod, sid, [0] * seqlen
+
+
 def make_layout(name: str, batch: int, seqlen: int, seed: int = 0) -> Layout:
-    """Ids for `batch` packed rows of `seqlen` tokens (CPU int32 tensors; deterministic for a seed)."""
-    if name not in _SAMPLERS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, got {name!r}")
+    """Ids for `batch` rows of `seqlen` tokens (CPU int32 tensors; deterministic for a seed): packed samples
+    (`LAYOUTS`), or one long document per row (`LONG_LAYOUTS`)."""
+    if name not in _SAMPLERS and name not in LONG_LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS + LONG_LAYOUTS}, got {name!r}")
     rng = random.Random(f"{name}-{seqlen}-{seed}")
-    rows = [_pack_row(name, seqlen, rng) for _ in range(batch)]
+    if name == "long_video":
+        rows = [_long_video_row(seqlen, rng) for _ in range(batch)]
+    else:
+        rows = [_pack_row(name, seqlen, rng) for _ in range(batch)]
     mod, seg, doc = (torch.tensor([r[i] for r in rows], dtype=torch.int32) for i in range(3))
     return Layout(name, mod, seg, doc)
 

@@ -18,7 +18,10 @@ PRESETS: Dict[str, Dict[str, Dict]] = {
     "quick": {
         "cuda": {
             "kernel": [dict(dtypes=["bf16"], seqlens=[1 * K, 2 * K, 4 * K, 8 * K, 16 * K], heads=[(32, 8)],
-                            head_dims=[128], layouts=["aki"])],
+                            head_dims=[128], layouts=["aki"]),
+                       # one long document: the long-context case (`layouts.LONG_LAYOUTS`)
+                       dict(dtypes=["bf16"], seqlens=[16 * K], heads=[(32, 8)], head_dims=[128],
+                            layouts=["long_video"])],
             "tokens": 16 * K, "modes": ["fwd", "fwd_bwd"],
             "e2e": dict(seqlens=[4 * K, 8 * K], layers=4, shape="phi3.5", dtype="bf16"),
         },
@@ -42,6 +45,9 @@ PRESETS: Dict[str, Dict[str, Dict]] = {
                      head_dims=[128], layouts=["aki"]),
                 dict(dtypes=["bf16"], seqlens=[2 ** i * K for i in range(8)], heads=[(32, 8)],
                      head_dims=[128], layouts=["many_short"]),
+                # one long document per row: the long-context case
+                dict(dtypes=["bf16"], seqlens=[2 ** i * K for i in range(2, 8)], heads=[(32, 8)],
+                     head_dims=[128], layouts=["long_video"]),
             ],
             "tokens": 128 * K, "modes": ["fwd", "bwd", "fwd_bwd"],
             "e2e": dict(seqlens=[4 * K, 8 * K, 16 * K, 32 * K], layers=8, shape="phi3.5", dtype="bf16"),

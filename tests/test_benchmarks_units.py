@@ -8,7 +8,7 @@ import torch
 from benchmarks import report
 from benchmarks.check import Mismatch, check_close
 from benchmarks.kernel_suite import KernelCase, KernelRunner
-from benchmarks.layouts import IMAGE_TOKENS, LAYOUTS, ONE_IMAGE_TOKENS, causal_layout, make_layout
+from benchmarks.layouts import IMAGE_TOKENS, LAYOUTS, LONG_LAYOUTS, ONE_IMAGE_TOKENS, causal_layout, make_layout
 from benchmarks.providers import PROVIDERS, Provider
 from benchmarks.records import REQUIRED_FIELDS, complete, validate
 from benchmarks.timing import Timer
@@ -25,7 +25,7 @@ def _runs(row):
     return out
 
 
-@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("name", LAYOUTS + LONG_LAYOUTS)
 @pytest.mark.parametrize("seqlen", [300, 2048])
 def test_layout_ids_are_a_valid_mma_mask(name, seqlen):
     lay = make_layout(name, 3, seqlen, seed=1)
@@ -48,6 +48,19 @@ def test_layout_ids_are_a_valid_mma_mask(name, seqlen):
     assert (mma >= causal).all()
     if not (name == "one_image" and seqlen < 1024):
         assert (mma > causal).all()
+
+
+def test_long_video_is_one_document_of_clips_and_questions():
+    """`long_video`: one document per row, no padding, clips of CLIP_FRAMES images each seen by its question."""
+    from benchmarks.layouts import CLIP_FRAMES
+
+    lay = make_layout("long_video", 2, 8192, seed=2)
+    assert (lay.document_ids == 0).all() and (lay.modality_ids != -1).all()
+    mask = MMAMask(lay.modality_ids, lay.segment_ids, lay.document_ids)
+    assert mask.doc_length == 8192 and not mask.pad_keys
+    row = lay.modality_ids[0].tolist()
+    assert sum(1 for m, _ in _runs(row) if m == 1) >= 2 * CLIP_FRAMES  # several clips fit in 8K
+    assert (mask.num_allowed() > MMAMask(lay.modality_ids, None, lay.document_ids).num_allowed()).all()
 
 
 def test_layouts_deterministic_and_many_short_is_many_documents():
