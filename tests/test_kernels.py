@@ -208,6 +208,31 @@ def test_autotune_key_holds_the_document_class(monkeypatch):
     assert got == {"fwd": 1, "dq": 1, "dkdv": 1}, got
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_registered_op_keeps_the_masks_host_figures(monkeypatch, padded):
+    """The Hugging Face glue (and `torch.compile`) call the registered op (`ops.library`), which rebuilds the mask
+    from its fields: outside a compiled region the mask's `pad_keys` and `doc_length` go along, so the kernels
+    get TMA level 2 without padding (what dK/dV's 64x128 tile needs) and the autotune key its document class."""
+    from mma_kernels.ops.library import mma_attention_op
+
+    monkeypatch.setattr(triton_ops, "TMA", "auto")
+    seen = []
+    orig = triton_ops._launch
+    monkeypatch.setattr(triton_ops, "_launch", lambda kind, n, h, args, **meta: (seen.append((kind, args, meta)), orig(kind, n, h, args, **meta))[1])
+    mod = torch.zeros(1, 256, dtype=torch.int32)
+    if padded:
+        mod[:, :3] = -1
+    mask = MMAMask(mod, torch.zeros(1, 256, dtype=torch.int32))
+    q, k, v = (torch.randn(1, 1, 256, 16, requires_grad=True) for _ in range(3))
+    out, lse = mma_attention_op(q, k, v, mask, 0.25, "triton")
+    out.sum().backward()
+    assert {kind for kind, _, _ in seen} == {"fwd", "dq", "dkdv"}
+    for kind, args, meta in seen:
+        assert meta["TMA"] == (1 if padded else 2), (kind, meta["TMA"])
+        assert dict(zip(triton_ops._raw[kind].arg_names, args))["DOC_BUCKET"] == triton_ops._doc_bucket(mask)
+    assert triton_ops._doc_bucket(mask) == (0 if padded else 1)  # 253 or 256 tokens
+
+
 @pytest.mark.parametrize("meta, tall", [
     ({}, True), ({"TMA": 1}, False), ({"TMA": 0}, False), ({"HAS_WINDOW": True}, False), ({"HAS_GROUPS": True}, False),
     ({"HAS_QPOS": True}, False), ({"SPLIT_GROUP": False}, False), ({"SPLIT_GROUP": False, "GROUP": 1}, True)])

@@ -19,10 +19,13 @@ from ..mask import MMAMask
 _BACKENDS = ("torch", "triton")
 
 
-def mask_from_fields(meta: Tensor, padcum: Tensor) -> MMAMask:
-    """An `MMAMask` view of already built fields (no recomputation, no validation)."""
+def mask_from_fields(meta: Tensor, padcum: Tensor, pad_keys: bool = True, doc_length: int = 0) -> MMAMask:
+    """An `MMAMask` view of already built fields (no recomputation, no validation). `pad_keys` and `doc_length`:
+    the built mask's host-side figures (`MMAMask.pad_keys`, `.doc_length`), which the Triton launchers read (TMA
+    level 2 without padding; the autotune key's document class); by default the conservative ones."""
     m = MMAMask.__new__(MMAMask)
     m.meta, m.padcum = meta, padcum
+    m.pad_keys, m.doc_length = pad_keys, doc_length
     m.batch_size, m.seq_len = meta.shape[0], meta.shape[2]
     m.device = meta.device
     m.policy = m.group_policy = None
@@ -47,10 +50,12 @@ def _impl(backend: str):
 
 @torch.library.custom_op("mma_kernels::attention_fwd", mutates_args=())
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, meta: Tensor, padcum: Tensor, scale: float, backend: str,
-                  win: Optional[Tensor] = None, window: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                  win: Optional[Tensor] = None, window: Optional[int] = None, pad_keys: bool = True,
+                  doc_length: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
     """(out, lse, stats): stats are the row statistics the backward recomputes p from (`_stats_shape`)."""
     ctx = _Ctx()
-    out, lse = _impl(backend).forward(ctx, q, k, v, mask_from_fields(meta, padcum), scale, win, window)
+    mask = mask_from_fields(meta, padcum, pad_keys, doc_length)
+    out, lse = _impl(backend).forward(ctx, q, k, v, mask, scale, win, window)
     stats = ctx.saved_tensors[-1]
     if stats is None:
         stats = q.new_empty(_stats_shape(q, backend), dtype=torch.float32)
@@ -69,7 +74,7 @@ def _stats_shape(q: Tensor, backend: str):
 
 
 @attention_fwd.register_fake
-def _(q, k, v, meta, padcum, scale, backend, win=None, window=None):
+def _(q, k, v, meta, padcum, scale, backend, win=None, window=None, pad_keys=True, doc_length=0):
     B, Hq, Lq, D = q.shape
     return (q.new_empty((B, Hq, Lq, D)), q.new_empty((B, Hq, Lq), dtype=torch.float32),
             q.new_empty(_stats_shape(q, backend), dtype=torch.float32))
@@ -79,25 +84,28 @@ def _(q, k, v, meta, padcum, scale, backend, win=None, window=None):
 def attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
                   dlse: Optional[Tensor], meta: Tensor, padcum: Tensor, scale: float, backend: str,
                   win: Optional[Tensor] = None, window: Optional[int] = None,
-                  stats: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                  stats: Optional[Tensor] = None, pad_keys: bool = True, doc_length: int = 0
+                  ) -> Tuple[Tensor, Tensor, Tensor]:
     stats = stats if stats is not None and stats.numel() else None
-    ctx = _Ctx(saved_tensors=(q, k, v, out, lse, win, stats), mask=mask_from_fields(meta, padcum), scale=scale,
-               window=window)
+    ctx = _Ctx(saved_tensors=(q, k, v, out, lse, win, stats), mask=mask_from_fields(meta, padcum, pad_keys, doc_length),
+               scale=scale, window=window)
     dq, dk, dv = _impl(backend).backward(ctx, dout, dlse)[:3]
     # outputs of a custom op may not alias its inputs
     return tuple(t.clone() if t is x else t for t, x in ((dq, q), (dk, k), (dv, v)))
 
 
 @attention_bwd.register_fake
-def _(q, k, v, out, lse, dout, dlse, meta, padcum, scale, backend, win=None, window=None, stats=None):
+def _(q, k, v, out, lse, dout, dlse, meta, padcum, scale, backend, win=None, window=None, stats=None, pad_keys=True,
+      doc_length=0):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, meta, padcum, scale, backend, win, window = inputs
+    q, k, v, meta, padcum, scale, backend, win, window, pad_keys, doc_length = inputs
     out, lse, stats = output
     ctx.save_for_backward(q, k, v, out, lse, meta, padcum, win, stats)
     ctx.scale, ctx.backend, ctx.window = scale, backend, window
+    ctx.pad_keys, ctx.doc_length = pad_keys, doc_length
 
 
 def _backward(ctx, dout, dlse, dstats):
@@ -105,8 +113,8 @@ def _backward(ctx, dout, dlse, dstats):
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = attention_bwd(q, k, v, out, lse, dout.contiguous(), dlse, meta, padcum, ctx.scale, ctx.backend,
-                               win, ctx.window, stats)
-    return dq, dk, dv, None, None, None, None, None, None
+                               win, ctx.window, stats, ctx.pad_keys, ctx.doc_length)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -115,5 +123,10 @@ attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 def mma_attention_op(q: Tensor, k: Tensor, v: Tensor, mask: MMAMask, scale: float, backend: str,
                      win: Optional[Tensor] = None, window: Optional[int] = None):
     """(out, lse) through the registered op. `scale` resolved, `backend` already picked ("torch"/"triton"),
-    `window` effective (None or < Lk) with `win = mask.window_fields(window)`."""
-    return attention_fwd(q, k, v, mask.meta, mask.padcum, float(scale), backend, win, window)[:2]
+    `window` effective (None or < Lk) with `win = mask.window_fields(window)`. Outside a compiled region the
+    mask's host-side figures go along (`mask_from_fields`: the Triton kernels' TMA level and autotune key); inside
+    one the op takes the conservative defaults, so Dynamo neither guards on them nor recompiles as they change."""
+    flags = {}
+    if not torch.compiler.is_compiling():
+        flags = dict(pad_keys=bool(getattr(mask, "pad_keys", True)), doc_length=int(getattr(mask, "doc_length", 0)))
+    return attention_fwd(q, k, v, mask.meta, mask.padcum, float(scale), backend, win, window, **flags)[:2]

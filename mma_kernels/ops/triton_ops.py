@@ -167,7 +167,7 @@ _KEY = ["D", "GROUP", "LQ_BUCKET", "DOC_BUCKET", "HAS_GROUPS", "HAS_WINDOW", "EX
 def _doc_bucket(mask) -> int:
     """The autotune key's document class: `MMAMask.doc_length` (the work-weighted mean document length) in
     doublings: 0 below 256 tokens, 1 below 512, ... capped at 6 (8K tokens and longer). A mask rebuilt from its
-    fields (the torch.compile op) carries no such figure: class 0."""
+    fields without that figure (`ops.library.mask_from_fields` inside a compiled region) is class 0."""
     length = getattr(mask, "doc_length", 0)
     return min(6, max(0, int(length).bit_length() - 8)) if length else 0
 
